@@ -1,0 +1,94 @@
+"""Load and validate workflow configs against ``workflow/schemas/config.schema.yaml``.
+
+YAML is read with ``yaml.safe_load`` only. Validation fills in the schema's defaults and reports
+every problem with the path to the offending key, so a typo in a 500-run grid names its place.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not satisfy the schema; the message lists every violation."""
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    if not SCHEMA_PATH.exists():
+        raise FileNotFoundError(
+            f"config schema not found at {SCHEMA_PATH}; qgen is meant to run from a checkout of the "
+            "repository (pip install -e .)"
+        )
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_yaml(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _extend_with_defaults(validator_class: type) -> type:
+    """A validator that also writes each property's ``default`` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
+
+
+def _format_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<config>"
+
+
+def validate(instance: Any, schema: dict[str, Any] | None = None, where: str = "config") -> Any:
+    """Validate ``instance`` in place (filling defaults); raise ConfigError listing all errors."""
+    schema = load_schema() if schema is None else schema
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  - {_format_path(e.absolute_path)}: {e.message}" for e in errors]
+        raise ConfigError(f"invalid {where} ({len(errors)} problem(s)):\n" + "\n".join(lines))
+    return instance
+
+
+def run_spec_schema() -> dict[str, Any]:
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/run_spec"}
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a whole workflow config (in place, with defaults) and return it."""
+    return validate(config, where="config")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return validate_config(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,44 @@
+"""Dataset registry: each entry knows its shape and how to produce its train and test tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Split = dict[str, torch.Tensor]
+#: A builder gets the dataset's preparation settings and returns (train, test, description).
+Builder = Callable[[dict[str, Any]], tuple[Split, Split, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    builder: Builder
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register(name: str, input_shape: tuple[int, int, int], num_classes: int, description: str):
+    def wrap(builder: Builder) -> Builder:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} registered twice")
+        DATASETS[name] = DatasetInfo(name, input_shape, num_classes, builder, description)
+        return builder
+
+    return wrap
+
+
+def get(name: str) -> DatasetInfo:
+    from qgen.data import digits  # noqa: F401  (registers the built-in datasets)
+
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None

@@ -1,0 +1,27 @@
+"""Quantizers as small modules with one job each, and the quantized layers built from them.
+
+A quantizer knows nothing of how it is trained or measured: it maps a tensor to its fake-quantized
+value (same dtype and shape) and exposes its step ``Δ`` (``.step``) and integer range.
+"""
+
+from qgen.quant.functional import fake_quantize, lsq_reference, ste_round
+from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, init_quantizers, quant_layers
+from qgen.quant.quantizers import LSQQuantizer, Quantizer, UniformQuantizer, int_range
+from qgen.quant.registry import LayerQuant, layer_quant
+
+__all__ = [
+    "LSQQuantizer",
+    "LayerQuant",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantModule",
+    "Quantizer",
+    "UniformQuantizer",
+    "fake_quantize",
+    "init_quantizers",
+    "int_range",
+    "layer_quant",
+    "lsq_reference",
+    "quant_layers",
+    "ste_round",
+]

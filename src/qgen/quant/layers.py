@@ -1,0 +1,95 @@
+"""Quantized Linear and Conv2d: the weight and the layer's input pass through their quantizers.
+
+Biases stay in float (as in LSQ). A layer built with ``quant=None`` is an ordinary float layer
+whose quantizers are identities, so float and quantized models share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qgen.quant.quantizers import Quantizer
+from qgen.quant.registry import LayerQuant
+
+
+class QuantModule(nn.Module):
+    """Mixin of quantized layers: ``weight_quant``, ``input_quant`` and the deployed weight."""
+
+    weight: nn.Parameter
+    weight_quant: nn.Module
+    input_quant: nn.Module
+
+    def _setup_quant(self, quant: LayerQuant | None) -> None:
+        self.quant = quant
+        if quant is None:
+            self.weight_quant, self.input_quant = nn.Identity(), nn.Identity()
+        else:
+            self.weight_quant = quant.weight_quantizer(self.weight.shape[0], self.weight.ndim)
+            self.input_quant = quant.input_quantizer()
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: Q(w) for a quantized layer, w otherwise."""
+        return self.weight_quant(self.weight)
+
+
+class QuantLinear(nn.Linear, QuantModule):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, quant: LayerQuant | None = None):
+        super().__init__(in_features, out_features, bias=bias)
+        self._setup_quant(quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantConv2d(nn.Conv2d, QuantModule):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        quant: LayerQuant | None = None,
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self._setup_quant(quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantModule]]:
+    for name, module in model.named_modules():
+        if isinstance(module, QuantModule):
+            yield name, module
+
+
+@torch.no_grad()
+def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+    """Set every quantizer's data-dependent initial state from one batch ``x``.
+
+    The pass runs in training mode (so activations look as they will in training) but leaves
+    BatchNorm running statistics untouched.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+    if not quantizers:
+        return
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    was_training = model.training
+    model.train()
+    for q in quantizers:
+        q.calibrating = True
+    try:
+        model(x)
+    finally:
+        for q in quantizers:
+            q.calibrating = False
+        for m, state in zip(norms, saved, strict=True):
+            m.load_state_dict(state)
+        model.train(was_training)
