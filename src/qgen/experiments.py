@@ -170,3 +170,14 @@ def all_runs(config: dict[str, Any]) -> dict[str, Run]:
 
 def dataset_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     return _dataset_defaults(config)[name]
+
+
+def runs_table(runs: dict[str, Run]) -> str:
+    """The runs table (results/runs.tsv): run id, experiments, bit width, seed and canonical spec."""
+    lines = ["run_id\texperiments\tbits\tseed\tspec"]
+    for rid, run in runs.items():
+        lines.append(
+            f"{rid}\t{','.join(run.experiments)}\t{bits_label(run.spec['quant'])}\t{run.spec['seed']}\t"
+            f"{canonical_json(run.spec)}"
+        )
+    return "\n".join(lines) + "\n"

@@ -35,3 +35,19 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
             dropout=model.get("dropout", 0.0),
         )
     raise ValueError(f"unknown model {model['name']!r}; known: mlp, nin")
+
+
+
+def read_model_file(path: str, device: str = "cpu") -> dict[str, Any]:
+    """The payload of a final ``model.pt`` (see qgen.train.save_model), read with ``weights_only=True``."""
+    import torch
+
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def model_from_payload(payload: dict[str, Any], input_shape: tuple[int, ...], num_classes: int,
+                       device: str = "cpu") -> nn.Module:
+    """Rebuild the trained model (eval mode) stored in a ``model.pt`` payload."""
+    model = build_model(payload["spec"], input_shape, num_classes).to(device)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()

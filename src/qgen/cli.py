@@ -1,0 +1,233 @@
+"""``qgen <step>``: every workflow rule's work is one call of this CLI, so each step can be run by hand.
+
+  qgen validate CONFIG                      check a config against the schema
+  qgen runs CONFIG [--out runs.tsv]         list the runs a config expands to
+  qgen spec CONFIG RUN_ID [--out spec.json] print or write one run's spec (JSON, for train --spec)
+  qgen prepare-data NAME --params JSON --meta DIR/meta.json
+  qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
+  qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
+  qgen collect --experiment NAME --out runs.csv METRICS.json...
+  qgen report --runs runs.csv --experiment NAME --tables-dir DIR --figures-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qgen import io as qio
+from qgen.config import ConfigError, load_config
+
+RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "threads": 1, "compile": False, "checkpoint_every": 5}
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """Runtime settings: defaults < $QGEN_RUNTIME (set by the workflow from config.runtime) < flags."""
+    runtime = {**RUNTIME_DEFAULTS, **json.loads(os.environ.get("QGEN_RUNTIME") or "{}")}
+    for key in RUNTIME_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            runtime[key] = value
+    return runtime
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step")
+    p.add_argument("--checkpoint-every", type=int)
+
+
+def _data_for(meta_path: str, spec: dict[str, Any]):
+    from qgen.data import load_prepared
+
+    expected = {k: v for k, v in spec["data"].items() if k != "name"}
+    return load_prepared(Path(meta_path).parent, expected)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from qgen.experiments import expand_config
+
+    config = load_config(args.config)
+    runs = expand_config(config)
+    for name, rs in runs.items():
+        print(f"{name}: {len(rs)} runs")
+    print(f"{args.config}: valid")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from qgen.experiments import all_runs, runs_table
+
+    text = runs_table(all_runs(load_config(args.config)))
+    if args.out:
+        qio.write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    from qgen.experiments import all_runs
+
+    runs = all_runs(load_config(args.config))
+    if args.run_id not in runs:
+        raise SystemExit(f"run {args.run_id} is not in {args.config}")
+    record = {"run_id": args.run_id, "spec": runs[args.run_id].spec}
+    if args.out:
+        qio.write_json(args.out, record)
+    else:
+        print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from qgen.data import prepare
+
+    meta = prepare(args.name, json.loads(args.params), Path(args.meta).parent)
+    print(f"prepared {args.name}: {meta['n']} examples, checksum {meta['checksum'][:12]}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qgen import provenance, runtime
+    from qgen.train import save_model, train_run
+
+    record = json.loads(args.spec) if args.spec.lstrip().startswith("{") else qio.read_json(args.spec)
+    spec, rid = record["spec"], record["run_id"]
+    run_cfg = _runtime(args)
+    device = runtime.configure(run_cfg)
+    data = _data_for(args.data_meta, spec)
+    out_dir = Path(args.out_model).parent
+    t0 = time.perf_counter()
+    model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
+    prov = provenance.record(run_id=rid, seed=spec["seed"], runtime=run_cfg, **provenance.device_info(device),
+                             data={"name": data.name, "checksum": data.checksum},
+                             wall_seconds=round(time.perf_counter() - t0, 3))
+    save_model(args.out_model, model, init_state, spec, rid, result, prov)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    print(f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
+          f"train CE {result.final_train_ce:.4f}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from qgen import provenance, runtime
+    from qgen.measures.gap import generalization_metrics
+    from qgen.models import model_from_payload, read_model_file
+
+    run_cfg = _runtime(args)
+    device = runtime.configure(run_cfg)
+    t0 = time.perf_counter()
+    payload = read_model_file(args.model)
+    data = _data_for(args.data_meta, payload["spec"])
+    model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
+    fit = dict(payload["train"])
+    train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
+    metrics = generalization_metrics(model, data, device)
+    if fit["status"] == "diverged":
+        metrics = {k: float("nan") for k in metrics}
+    prov = provenance.record(
+        run_id=payload["run_id"], seed=payload["spec"]["seed"], runtime=run_cfg, **provenance.device_info(device),
+        data={"name": data.name, "checksum": data.checksum},
+        wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
+        resumed_from_epoch=resumed, train_provenance=payload["provenance"],
+    )
+    qio.write_json(args.out, {"run_id": payload["run_id"], "status": fit.pop("status"), "fit": fit,
+                              "metrics": metrics, "spec": payload["spec"], "provenance": prov})
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from qgen.report.collect import collect, write_csv
+
+    write_csv(collect(args.metrics, args.experiment), args.out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qgen.report.collect import read_runs
+    from qgen.report.figures import gap_vs_bits
+    from qgen.report.tables import gap_by_bits, write_gap_tables
+
+    df = read_runs(args.runs)
+    write_gap_tables(gap_by_bits(df), args.tables_dir, args.experiment)
+    gap_vs_bits(df, Path(args.figures_dir) / "gap_by_bits", args.experiment)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a config and count its runs")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("runs", help="list the runs of a config (TSV)")
+    p.add_argument("config")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("spec", help="write one run's spec")
+    p.add_argument("config")
+    p.add_argument("run_id")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_spec)
+
+    p = sub.add_parser("prepare-data", help="prepare a dataset into DIR/{train,test}.pt + meta.json")
+    p.add_argument("name")
+    p.add_argument("--params", default="{}", help="preparation settings as JSON")
+    p.add_argument("--meta", required=True, help="path of the meta.json to write; data files go beside it")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train", help="train one run (resumes from checkpoint.pt beside --out-model)")
+    p.add_argument("--spec", required=True, help="a spec.json path, or its JSON text")
+    p.add_argument("--data-meta", required=True)
+    p.add_argument("--out-model", required=True)
+    p.add_argument("--out-log", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, cross-entropy and gap of a trained (quantized) model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-meta", required=True)
+    p.add_argument("--out", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("collect", help="collect metrics.json files into one runs.csv")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("metrics", nargs="+")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", help="tables and figures of one experiment")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"qgen: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Tables and seaborn figures from the collected runs table. Plots never retrain."""

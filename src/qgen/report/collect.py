@@ -1,0 +1,66 @@
+"""Collect the per-run metric files of an experiment into one table (one row per run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qgen.experiments import bits_label, quant_label
+from qgen.io import atomic_open, read_json
+
+SPEC_SECTIONS = ("data", "model", "quant", "optim", "train")
+# Columns every runs.csv starts with, in this order; then the flattened spec, then metrics.
+ID_COLUMNS = ["run_id", "experiment", "status", "bits", "quant", "model_label", "seed"]
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    elif isinstance(value, list):
+        out[prefix] = ",".join(map(str, value))
+    else:
+        out[prefix] = value
+
+
+def model_label(model: dict[str, Any]) -> str:
+    return f"{model['name']}{model['depth']}x{model['width']}"
+
+
+def run_row(record: dict[str, Any], experiment: str) -> dict[str, Any]:
+    spec = record["spec"]
+    row: dict[str, Any] = {
+        "run_id": record["run_id"],
+        "experiment": experiment,
+        "status": record["status"],
+        "bits": bits_label(spec["quant"]),
+        "quant": quant_label(spec["quant"]),
+        "model_label": model_label(spec["model"]),
+        "seed": spec["seed"],
+    }
+    flatten("", {k: v for k, v in spec.items() if k != "seed"}, row)
+    flatten("fit", record.get("fit", {}), row)
+    for section in ("metrics", "measures"):
+        flatten("", record.get(section, {}), row)
+    return row
+
+
+def collect(metric_files: Iterable[str | Path], experiment: str) -> pd.DataFrame:
+    rows = [run_row(read_json(path), experiment) for path in metric_files]
+    df = pd.DataFrame(rows)
+    spec_cols = sorted(c for c in df.columns if c not in ID_COLUMNS and c.split(".")[0] in SPEC_SECTIONS)
+    fit_cols = sorted(c for c in df.columns if c.startswith("fit."))
+    rest = [c for c in df.columns if c not in {*ID_COLUMNS, *spec_cols, *fit_cols}]
+    return df[ID_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    with atomic_open(path) as fh:
+        df.to_csv(fh, index=False, lineterminator="\n")
+
+
+def read_runs(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"bits": str})

@@ -1,0 +1,98 @@
+"""Tables of the generalization gap by bit width (mean ± std over seeds, with the run ids behind each row)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qgen.io import write_text
+from qgen.report.collect import SPEC_SECTIONS
+
+#: Metrics summarized per row of the gap table: column → heading.
+GAP_METRICS = {
+    "gap_acc": "gap (acc)",
+    "gap_loss": "gap (CE)",
+    "train_ce": "train CE",
+    "test_acc": "test acc",
+}
+
+
+def bits_order(values: pd.Series) -> list[str]:
+    """FP32 first, then integer bit widths from high to low."""
+    labels = sorted(set(values), key=lambda b: (b != "FP32", -int(b) if b != "FP32" else 0))
+    return labels
+
+
+def varying_hyperparameters(df: pd.DataFrame) -> list[str]:
+    """Spec columns (beyond the quantizer, model name/size and seed) that take more than one value."""
+    covered = ("quant.", "model.name", "model.depth", "model.width")  # shown as the quant and model labels
+    cols = [c for c in df.columns if c.split(".")[0] in SPEC_SECTIONS and not c.startswith(covered)]
+    return [c for c in cols if df[c].astype(str).nunique() > 1]
+
+
+def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (varying hyperparameters × quantizer), aggregated over seeds.
+
+    Diverged runs are excluded from the statistics and counted in ``diverged``.
+    """
+    keys = ["model_label", *varying_hyperparameters(df), "quant", "bits"]
+    keys = list(dict.fromkeys(k for k in keys if k in df.columns))
+    rows = []
+    for values, group in df.groupby(keys, sort=False, dropna=False):
+        ok = group[group["status"] == "completed"]
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+        row["n"] = len(ok)
+        row["diverged"] = int((group["status"] == "diverged").sum())
+        for metric in GAP_METRICS:
+            vals = ok[metric].astype(float)
+            row[f"{metric}_mean"] = vals.mean() if len(vals) else np.nan
+            row[f"{metric}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
+        row["run_ids"] = " ".join(group["run_id"])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {b: i for i, b in enumerate(bits_order(out["bits"]))}
+    sort_keys = [k for k in keys if k not in ("quant", "bits")]
+    out = out.assign(_b=out["bits"].map(order)).sort_values([*sort_keys, "_b"], kind="stable")
+    return out.drop(columns="_b").reset_index(drop=True)
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    if np.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in table.columns if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")]
+    shown = table[keys].copy()
+    shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
+    for metric, heading in GAP_METRICS.items():
+        shown[heading] = [_pm(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)]
+    shown["run ids"] = table["run_ids"]
+    return shown
+
+
+def to_markdown(table: pd.DataFrame, title: str) -> str:
+    shown = _display(table)
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    note = ("Mean ± sample std over seeds of completed runs, quantized model in eval mode. "
+            "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE.")
+    return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    shown = _display(table).drop(columns="run ids")
+    return shown.to_latex(index=False, escape=True)
+
+
+def write_gap_tables(table: pd.DataFrame, out_dir: str | Path, experiment: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"gap_by_bits.{ext}" for ext in ("md", "csv", "tex")]
+    write_text(paths[0], to_markdown(table, f"{experiment}: generalization gap by bit width"))
+    write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
+    write_text(paths[2], to_latex(table))
+    return paths

@@ -1,0 +1,204 @@
+"""The training loop: one run spec in, one trained (quantized) model out.
+
+- Stopping rule of Jiang et al. (2019): after each epoch the cross-entropy of the model on the
+  whole training set (eval mode, i.e. the quantized model as deployed) is computed; training stops
+  when it is at or below ``train.target_ce`` or after ``train.max_epochs``. Which one ended the
+  run is recorded (``stop_reason``).
+- A non-finite training loss marks the run ``diverged`` (with its epoch); the run still writes
+  its outputs so the sweep goes on and the table can count it.
+- Every ``checkpoint_every`` epochs the full training state (model, optimizer, RNG, log) is
+  written atomically to ``checkpoint.pt``; a restarted run resumes from it and ends with the same
+  result as an uninterrupted one. Data order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qgen.data import PreparedData
+from qgen.experiments import spec_hash
+from qgen.io import atomic_open
+from qgen.metrics import accuracy_and_ce
+from qgen.models import build_model
+from qgen.quant import init_quantizers
+from qgen.train import checkpoint
+from qgen.train.optim import build_optimizer, lr_at, set_lr
+
+log = logging.getLogger("qgen.train")
+
+LOG_FIELDS = ("epoch", "lr", "loss", "train_ce", "train_acc", "seconds")
+CALIBRATION_EXAMPLES = 256
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "diverged"
+    stop_reason: str  # "target_ce", "max_epochs" or "diverged"
+    epochs: int
+    diverged_epoch: int | None
+    final_train_ce: float
+    final_train_acc: float
+    train_seconds: float
+    resumed_from_epoch: int | None
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in LOG_FIELDS})
+    with atomic_open(path) as fh:
+        fh.write(buf.getvalue())
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, leave=False)
+
+
+def train_run(
+    spec: dict[str, Any],
+    data: PreparedData,
+    out_dir: str | Path,
+    runtime: dict[str, Any],
+    device: torch.device,
+    progress: bool | None = None,
+    log_path: str | Path | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor], TrainResult]:
+    """Train the run described by ``spec`` into ``out_dir`` (resuming from its checkpoint).
+
+    Returns the trained model (eval mode), its initial state (after quantizer calibration, for
+    distance-from-initialization measures) and the training summary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    progress = sys.stderr.isatty() if progress is None else progress
+    seed, optim_spec, train_spec = spec["seed"], spec["optim"], spec["train"]
+    max_epochs, target = train_spec["max_epochs"], train_spec.get("target_ce")
+    identity = spec_hash(spec)
+
+    torch.manual_seed(seed)
+    model = build_model(spec, data.input_shape, data.num_classes).to(device)
+    x_train, y_train = data.train["x"].to(device), data.train["y"].to(device)
+    optimizer = build_optimizer(model, optim_spec)
+    rows: list[dict[str, Any]] = []
+    start_epoch, elapsed, resumed = 0, 0.0, None
+    init_state: dict[str, torch.Tensor]
+
+    state = checkpoint.load(ckpt_path, device) if ckpt_path.exists() else None
+    if state is not None and state.get("spec_hash") != identity:
+        log.warning("ignoring %s: it belongs to another run spec", ckpt_path)
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        init_state = state["init_state"]
+        rows, start_epoch, elapsed = state["log"], state["epoch"], state["elapsed"]
+        resumed = start_epoch
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    else:
+        calib = _epoch_order(len(y_train), seed, -1)[:CALIBRATION_EXAMPLES]
+        init_quantizers(model, x_train[calib])
+        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
+    batch_size = optim_spec["batch_size"]
+    status, stop_reason, diverged_epoch = "completed", "max_epochs", None
+    bar = _progress(max_epochs, start_epoch, progress)
+    if rows and target is not None and rows[-1]["train_ce"] <= target:
+        stop_reason, start_epoch = "target_ce", max_epochs  # finished before the interruption
+    for epoch in range(start_epoch, max_epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(optim_spec, epoch, max_epochs)
+        set_lr(optimizer, lr)
+        model.train()
+        order = _epoch_order(len(y_train), seed, epoch).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(step_model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+        mean_loss = float(loss_sum) / len(order)
+        if not torch.isfinite(torch.tensor(mean_loss)):
+            status, stop_reason, diverged_epoch = "diverged", "diverged", epoch + 1
+            train_acc, train_ce = float("nan"), float("nan")
+        else:
+            train_acc, train_ce = accuracy_and_ce(model, x_train, y_train, device=device)
+        elapsed += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "train_ce": train_ce, "train_acc": train_acc,
+               "seconds": round(elapsed, 3)}
+        rows.append(row)
+        message = (f"epoch {epoch + 1}/{max_epochs} lr {lr:.4g} loss {mean_loss:.4f} "
+                   f"train_ce {train_ce:.4f} train_acc {train_acc:.4f} ({elapsed:.1f} s)")
+        if bar is not None:
+            bar.set_postfix_str(f"loss {mean_loss:.4f} train_ce {train_ce:.4f}")
+            bar.update(1)
+        else:
+            print(message, file=sys.stderr, flush=True)
+        if status == "diverged":
+            log.warning("run diverged at epoch %d (loss %s); recording it and stopping", epoch + 1, mean_loss)
+            break
+        done = target is not None and train_ce <= target
+        if done:
+            stop_reason = "target_ce"
+        if done or (epoch + 1) % runtime.get("checkpoint_every", 5) == 0:
+            state = {
+                "spec_hash": identity, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+                "init_state": init_state, "log": rows, "elapsed": elapsed,
+            }
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            checkpoint.save(ckpt_path, state)
+        if done:
+            break
+    if bar is not None:
+        bar.close()
+
+    last = rows[-1] if rows else {"train_ce": float("nan"), "train_acc": float("nan")}
+    result = TrainResult(status, stop_reason, len(rows), diverged_epoch, last["train_ce"], last["train_acc"],
+                         round(elapsed, 3), resumed)
+    _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows)
+    model.train(False)
+    return model, init_state, result
+
+
+def save_model(path: str | Path, model: nn.Module, init_state: dict[str, torch.Tensor], spec: dict[str, Any],
+               run_id: str, result: TrainResult, provenance: dict[str, Any]) -> None:
+    """The run's final model file: weights, initial weights (for distance-from-init measures),
+    the spec and the training summary."""
+    checkpoint.save(path, {
+        "run_id": run_id,
+        "spec": spec,
+        "state_dict": model.state_dict(),
+        "init_state": init_state,
+        "train": asdict(result),
+        "provenance": provenance,
+    })

@@ -1,0 +1,69 @@
+# Shared set-up: validate the config, expand experiments into runs, helpers for inputs and params.
+import json
+import os
+import sys
+
+from snakemake.utils import min_version
+
+from qgen.config import validate_config
+from qgen.experiments import RUN_ID_PATTERN, all_runs, dataset_params, runs_table
+
+min_version("9.0")
+
+# Fills in schema defaults and stops with a message naming every bad key.
+validate_config(config)
+
+RUNS = all_runs(config)
+EXPERIMENTS = list(config["experiments"])
+
+# Rules call the `qgen` CLI of the Python environment that runs Snakemake (cluster jobs re-run
+# Snakemake from the same environment path), whether or not that environment is activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+# Runtime settings change how a run executes, never what it computes. They reach the jobs through
+# the environment (QGEN_RUNTIME), not as params, so changing them does not rerun finished runs;
+# each result records them in its provenance.
+RUNTIME = config["runtime"]
+os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
+
+
+# Passed on to jobs in distributed execution.
+envvars:
+    "PATH",
+    "QGEN_RUNTIME",
+
+
+wildcard_constraints:
+    run_id=RUN_ID_PATTERN,
+    dataset="[a-z0-9_]+",
+    experiment="[A-Za-z0-9_]+",
+
+
+def run_record(run_id):
+    """The run's spec; a run id outside the config gets a clear error."""
+    if run_id not in RUNS:
+        raise ValueError(
+            f"run {run_id} is not defined by the current config; `qgen runs <config>` lists the run ids"
+        )
+    return RUNS[run_id]
+
+
+def run_spec_json(wildcards):
+    return json.dumps({"run_id": wildcards.run_id, "spec": run_record(wildcards.run_id).spec}, sort_keys=True)
+
+
+DATA_FILES = {"train": "train.pt", "test": "test.pt", "meta": "meta.json"}
+
+
+def run_data(wildcards):
+    name = run_record(wildcards.run_id).spec["data"]["name"]
+    return {key: f"data/prepared/{name}/{file}" for key, file in DATA_FILES.items()}
+
+
+def experiment_metrics(wildcards):
+    run_ids = [rid for rid, run in RUNS.items() if wildcards.experiment in run.experiments]
+    return expand("results/runs/{run_id}/metrics.json", run_id=run_ids)
+
+
+def runs_table_text(wildcards):
+    return runs_table(RUNS)

@@ -1,0 +1,20 @@
+# Dataset preparation: data/prepared/<dataset>/{train,test}.pt + meta.json (sha256 of every file).
+
+
+rule prepare_data:
+    output:
+        train="data/prepared/{dataset}/train.pt",
+        test="data/prepared/{dataset}/test.pt",
+        meta="data/prepared/{dataset}/meta.json",
+    params:
+        prep=lambda wildcards: json.dumps(dataset_params(config, wildcards.dataset), sort_keys=True),
+    log:
+        "logs/prepare_data/{dataset}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen prepare-data {wildcards.dataset} --params {params.prep:q} --meta {output.meta:q} 2> {log:q}"

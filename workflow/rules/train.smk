@@ -1,0 +1,41 @@
+# Per-run work: train (resumable) and evaluate the quantized model. Each run's files are DAG targets.
+
+
+rule train:
+    input:
+        unpack(run_data),
+    output:
+        model="results/runs/{run_id}/model.pt",
+        log_csv="results/runs/{run_id}/train_log.csv",
+    params:
+        spec=run_spec_json,
+    log:
+        "logs/train/{run_id}.log",
+    conda:
+        "../../environment.yml"
+    threads: RUNTIME["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    shell:
+        "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
+        " --out-log {output.log_csv:q} --threads {threads} 2> {log:q}"
+
+
+rule evaluate:
+    input:
+        unpack(run_data),
+        model="results/runs/{run_id}/model.pt",
+    output:
+        metrics="results/runs/{run_id}/metrics.json",
+    log:
+        "logs/evaluate/{run_id}.log",
+    conda:
+        "../../environment.yml"
+    threads: RUNTIME["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "qgen evaluate --model {input.model:q} --data-meta {input.meta:q} --out {output.metrics:q}"
+        " --threads {threads} 2> {log:q}"
