@@ -1,13 +1,13 @@
 """``qgen <step>``: every workflow rule's work is one call of this CLI, so each step can be run by hand.
 
-  qgen validate CONFIG                      check a config against the schema
-  qgen runs CONFIG [--out runs.tsv]         list the runs a config expands to
-  qgen spec CONFIG RUN_ID [--out spec.json] print or write one run's spec (JSON, for train --spec)
-  qgen prepare-data NAME --params JSON --meta DIR/meta.json
-  qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
-  qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
-  qgen collect --experiment NAME --out runs.csv METRICS.json...
-  qgen report --runs runs.csv --experiment NAME --tables-dir DIR --figures-dir DIR
+qgen validate CONFIG                      check a config against the schema
+qgen runs CONFIG [--out runs.tsv]         list the runs a config expands to
+qgen spec CONFIG RUN_ID [--out spec.json] print or write one run's spec (JSON, for train --spec)
+qgen prepare-data NAME --params JSON --meta DIR/meta.json
+qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
+qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
+qgen collect --experiment NAME --out runs.csv METRICS.json...
+qgen report --runs runs.csv --experiment NAME --tables-dir DIR --figures-dir DIR
 """
 
 from __future__ import annotations
@@ -107,13 +107,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_model).parent
     t0 = time.perf_counter()
     model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
-    prov = provenance.record(run_id=rid, seed=spec["seed"], runtime=run_cfg, **provenance.device_info(device),
-                             data={"name": data.name, "checksum": data.checksum},
-                             wall_seconds=round(time.perf_counter() - t0, 3))
+    prov = provenance.record(
+        run_id=rid,
+        seed=spec["seed"],
+        runtime=run_cfg,
+        **provenance.device_info(device),
+        data={"name": data.name, "checksum": data.checksum},
+        wall_seconds=round(time.perf_counter() - t0, 3),
+    )
     save_model(args.out_model, model, init_state, spec, rid, result, prov)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
-    print(f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
-          f"train CE {result.final_train_ce:.4f}", file=sys.stderr)
+    print(
+        f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
+        f"train CE {result.final_train_ce:.4f}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -134,13 +142,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if fit["status"] == "diverged":
         metrics = {k: float("nan") for k in metrics}
     prov = provenance.record(
-        run_id=payload["run_id"], seed=payload["spec"]["seed"], runtime=run_cfg, **provenance.device_info(device),
+        run_id=payload["run_id"],
+        seed=payload["spec"]["seed"],
+        runtime=run_cfg,
+        **provenance.device_info(device),
         data={"name": data.name, "checksum": data.checksum},
         wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
-        resumed_from_epoch=resumed, train_provenance=payload["provenance"],
+        resumed_from_epoch=resumed,
+        train_provenance=payload["provenance"],
     )
-    qio.write_json(args.out, {"run_id": payload["run_id"], "status": fit.pop("status"), "fit": fit,
-                              "metrics": metrics, "spec": payload["spec"], "provenance": prov})
+    qio.write_json(
+        args.out,
+        {
+            "run_id": payload["run_id"],
+            "status": fit.pop("status"),
+            "fit": fit,
+            "metrics": metrics,
+            "spec": payload["spec"],
+            "provenance": prov,
+        },
+    )
     return 0
 
 
@@ -163,7 +184,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
     try:
         return args.func(args)
     except ConfigError as err:

@@ -56,8 +56,8 @@ def bits_label(quant: dict[str, Any]) -> str:
 
 def run_id(spec: dict[str, Any]) -> str:
     model = spec["model"]
-    prefix = f"{spec['data']['name']}-{model['name']}{model['depth']}x{model['width']}-{quant_label(spec['quant'])}"
-    return f"{prefix}-{spec_hash(spec)[:8]}"
+    arch = f"{model['name']}{model['depth']}x{model['width']}"
+    return f"{spec['data']['name']}-{arch}-{quant_label(spec['quant'])}-{spec_hash(spec)[:8]}"
 
 
 def is_run_id(text: str) -> bool:

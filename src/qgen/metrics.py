@@ -9,7 +9,11 @@ from torch import nn
 
 @torch.no_grad()
 def accuracy_and_ce(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, device: torch.device | str = "cpu"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on (x, y); the model is left in its prior mode."""
     was_training = model.training

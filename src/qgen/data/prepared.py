@@ -99,7 +99,9 @@ def load_prepared(directory: str | Path, expected_params: dict[str, Any] | None 
                 f"{meta_path}; the file was changed or truncated. Re-run prepare_data."
             )
     if expected_params is not None:
-        mismatched = {k: (v, meta["params"].get(k)) for k, v in expected_params.items() if meta["params"].get(k) != v}
+        mismatched = {
+            k: (v, meta["params"].get(k)) for k, v in expected_params.items() if meta["params"].get(k) != v
+        }
         if mismatched:
             raise DataIntegrityError(
                 f"{directory} was prepared with different settings than the run asks for "

@@ -14,7 +14,9 @@ from qgen.data import PreparedData
 from qgen.metrics import accuracy_and_ce
 
 
-def generalization_metrics(model: nn.Module, data: PreparedData, device: torch.device | str = "cpu") -> dict[str, float]:
+def generalization_metrics(
+    model: nn.Module, data: PreparedData, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     train_acc, train_ce = accuracy_and_ce(model, data.train["x"], data.train["y"], device=device)
     test_acc, test_ce = accuracy_and_ce(model, data.test["x"], data.test["y"], device=device)
     return {

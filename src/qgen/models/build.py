@@ -37,7 +37,6 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
     raise ValueError(f"unknown model {model['name']!r}; known: mlp, nin")
 
 
-
 def read_model_file(path: str, device: str = "cpu") -> dict[str, Any]:
     """The payload of a final ``model.pt`` (see qgen.train.save_model), read with ``weights_only=True``."""
     import torch
@@ -45,8 +44,9 @@ def read_model_file(path: str, device: str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def model_from_payload(payload: dict[str, Any], input_shape: tuple[int, ...], num_classes: int,
-                       device: str = "cpu") -> nn.Module:
+def model_from_payload(
+    payload: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, device: str = "cpu"
+) -> nn.Module:
     """Rebuild the trained model (eval mode) stored in a ``model.pt`` payload."""
     model = build_model(payload["spec"], input_shape, num_classes).to(device)
     model.load_state_dict(payload["state_dict"])

@@ -32,7 +32,9 @@ class MLP(nn.Module):
         fan_in = in_features
         for i in range(depth):
             position = "first" if i == 0 else "middle"
-            layers.append(QuantLinear(fan_in, width, bias=not batch_norm, quant=layer_quant(quant, position, i == 0)))
+            layers.append(
+                QuantLinear(fan_in, width, bias=not batch_norm, quant=layer_quant(quant, position, i == 0))
+            )
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
             layers.append(nn.ReLU())

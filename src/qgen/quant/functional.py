@@ -40,7 +40,9 @@ class _FakeQuantize(torch.autograd.Function):
         return grad_v, grad_s, None, None, None
 
 
-def fake_quantize(v: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float = 1.0) -> torch.Tensor:
+def fake_quantize(
+    v: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float = 1.0
+) -> torch.Tensor:
     """``s · clamp(round(v/s), −qn, qp)`` with STE gradients; ``s`` broadcasts against ``v``.
 
     When ``s`` requires grad it receives the LSQ step gradient times ``grad_scale``.

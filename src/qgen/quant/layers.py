@@ -37,7 +37,9 @@ class QuantModule(nn.Module):
 
 
 class QuantLinear(nn.Linear, QuantModule):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, quant: LayerQuant | None = None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, quant: LayerQuant | None = None
+    ):
         super().__init__(in_features, out_features, bias=bias)
         self._setup_quant(quant)
 

@@ -30,7 +30,11 @@ class LayerQuant:
         if self.weight_bits is None:
             return nn.Identity()
         return QUANTIZERS[self.method](
-            self.weight_bits, signed=True, role="weight", channels=channels if self.per_channel else None, ndim=ndim
+            self.weight_bits,
+            signed=True,
+            role="weight",
+            channels=channels if self.per_channel else None,
+            ndim=ndim,
         )
 
     def input_quantizer(self) -> nn.Module:
@@ -44,7 +48,9 @@ def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> Lay
     if quant["method"] == "float":
         return None
     if quant["method"] not in QUANTIZERS:
-        raise ValueError(f"unknown quantization method {quant['method']!r}; known: float, {', '.join(QUANTIZERS)}")
+        raise ValueError(
+            f"unknown quantization method {quant['method']!r}; known: float, {', '.join(QUANTIZERS)}"
+        )
     policy = quant.get(f"{position}_layer", "same") if position in ("first", "last") else "same"
     w_bits, a_bits = quant.get("weight_bits"), quant.get("act_bits")
     if policy == "float":

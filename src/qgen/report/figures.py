@@ -45,11 +45,37 @@ def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
         if not len(ok):
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
             continue
-        sns.stripplot(data=ok, x="bits", y=metric, hue="model_label", order=order, hue_order=hue_order,
-                      dodge=True, alpha=0.45, size=4, jitter=0.15, palette=palette, ax=ax, legend=False)
-        sns.pointplot(data=ok, x="bits", y=metric, hue="model_label", order=order, hue_order=hue_order,
-                      dodge=0.4, errorbar="sd", capsize=0.1, markers="D", linestyle="-", palette=palette, ax=ax,
-                      legend=ax is axes[-1])
+        sns.stripplot(
+            data=ok,
+            x="bits",
+            y=metric,
+            hue="model_label",
+            order=order,
+            hue_order=hue_order,
+            dodge=True,
+            alpha=0.45,
+            size=4,
+            jitter=0.15,
+            palette=palette,
+            ax=ax,
+            legend=False,
+        )
+        sns.pointplot(
+            data=ok,
+            x="bits",
+            y=metric,
+            hue="model_label",
+            order=order,
+            hue_order=hue_order,
+            dodge=0.4,
+            errorbar="sd",
+            capsize=0.1,
+            markers="D",
+            linestyle="-",
+            palette=palette,
+            ax=ax,
+            legend=ax is axes[-1],
+        )
         ax.set_xlabel("bit width (weights)")
         ax.set_ylabel(label)
         if metric == "train_ce":

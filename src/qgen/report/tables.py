@@ -65,11 +65,17 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
 
 
 def _display(table: pd.DataFrame) -> pd.DataFrame:
-    keys = [c for c in table.columns if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")]
+    keys = [
+        c
+        for c in table.columns
+        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")
+    ]
     shown = table[keys].copy()
     shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
     for metric, heading in GAP_METRICS.items():
-        shown[heading] = [_pm(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)]
+        shown[heading] = [
+            _pm(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)
+        ]
     shown["run ids"] = table["run_ids"]
     return shown
 
@@ -79,8 +85,10 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    note = ("Mean ± sample std over seeds of completed runs, quantized model in eval mode. "
-            "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE.")
+    note = (
+        "Mean ± sample std over seeds of completed runs, quantized model in eval mode. "
+        "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE."
+    )
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 

@@ -152,11 +152,19 @@ def train_run(
         else:
             train_acc, train_ce = accuracy_and_ce(model, x_train, y_train, device=device)
         elapsed += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "train_ce": train_ce, "train_acc": train_acc,
-               "seconds": round(elapsed, 3)}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": mean_loss,
+            "train_ce": train_ce,
+            "train_acc": train_acc,
+            "seconds": round(elapsed, 3),
+        }
         rows.append(row)
-        message = (f"epoch {epoch + 1}/{max_epochs} lr {lr:.4g} loss {mean_loss:.4f} "
-                   f"train_ce {train_ce:.4f} train_acc {train_acc:.4f} ({elapsed:.1f} s)")
+        message = (
+            f"epoch {epoch + 1}/{max_epochs} lr {lr:.4g} loss {mean_loss:.4f} "
+            f"train_ce {train_ce:.4f} train_acc {train_acc:.4f} ({elapsed:.1f} s)"
+        )
         if bar is not None:
             bar.set_postfix_str(f"loss {mean_loss:.4f} train_ce {train_ce:.4f}")
             bar.update(1)
@@ -170,9 +178,14 @@ def train_run(
             stop_reason = "target_ce"
         if done or (epoch + 1) % runtime.get("checkpoint_every", 5) == 0:
             state = {
-                "spec_hash": identity, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-                "init_state": init_state, "log": rows, "elapsed": elapsed,
+                "spec_hash": identity,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "init_state": init_state,
+                "log": rows,
+                "elapsed": elapsed,
             }
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
@@ -183,22 +196,40 @@ def train_run(
         bar.close()
 
     last = rows[-1] if rows else {"train_ce": float("nan"), "train_acc": float("nan")}
-    result = TrainResult(status, stop_reason, len(rows), diverged_epoch, last["train_ce"], last["train_acc"],
-                         round(elapsed, 3), resumed)
+    result = TrainResult(
+        status,
+        stop_reason,
+        len(rows),
+        diverged_epoch,
+        last["train_ce"],
+        last["train_acc"],
+        round(elapsed, 3),
+        resumed,
+    )
     _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows)
     model.train(False)
     return model, init_state, result
 
 
-def save_model(path: str | Path, model: nn.Module, init_state: dict[str, torch.Tensor], spec: dict[str, Any],
-               run_id: str, result: TrainResult, provenance: dict[str, Any]) -> None:
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    init_state: dict[str, torch.Tensor],
+    spec: dict[str, Any],
+    run_id: str,
+    result: TrainResult,
+    provenance: dict[str, Any],
+) -> None:
     """The run's final model file: weights, initial weights (for distance-from-init measures),
     the spec and the training summary."""
-    checkpoint.save(path, {
-        "run_id": run_id,
-        "spec": spec,
-        "state_dict": model.state_dict(),
-        "init_state": init_state,
-        "train": asdict(result),
-        "provenance": provenance,
-    })
+    checkpoint.save(
+        path,
+        {
+            "run_id": run_id,
+            "spec": spec,
+            "state_dict": model.state_dict(),
+            "init_state": init_state,
+            "train": asdict(result),
+            "provenance": provenance,
+        },
+    )
