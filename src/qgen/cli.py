@@ -40,7 +40,7 @@ def _runtime(args: argparse.Namespace) -> dict[str, Any]:
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="train through torch.compile")
     p.add_argument("--checkpoint-every", type=int)
 
 
