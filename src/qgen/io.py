@@ -85,3 +85,19 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def torch_save(target: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` atomically, byte-for-byte reproducible.
+
+    Serializing to a buffer (not to the temporary file) keeps the random temporary name out of
+    the archive's record names, so the same object always gives the same bytes.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_open(target, "wb") as fh:
+        fh.write(buffer.getbuffer())

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from qgen.data import registry
-from qgen.io import atomic_path, read_json, sha256_file, write_json
+from qgen.io import read_json, sha256_file, torch_save, write_json
 
 SPLITS = ("train", "test")
 
@@ -59,8 +59,7 @@ def prepare(name: str, params: dict[str, Any], out_dir: str | Path) -> dict[str,
     files: dict[str, str] = {}
     for split, tensors in zip(SPLITS, (train, test), strict=True):
         target = out_dir / f"{split}.pt"
-        with atomic_path(target) as tmp:
-            torch.save({"x": tensors["x"].contiguous(), "y": tensors["y"].contiguous()}, tmp)
+        torch_save(target, {"x": tensors["x"].contiguous(), "y": tensors["y"].contiguous()})
         files[target.name] = sha256_file(target)
     meta = {
         "dataset": name,

@@ -12,7 +12,9 @@ nodes and temporaries, not the arithmetic, dominate the cost. There is no Python
 tensor values, so models built from it trace cleanly under ``torch.compile``
 (``runtime.compile: true``), which fuses the element-wise work.
 
-``torch.round`` rounds halves to even; the closed form used in the tests does the same.
+``torch.round`` rounds halves to even; the closed form used in the tests does the same. The STE
+mask is inclusive at both ends, as in Eq. 5 (``torch.clamp``'s own backward passes no gradient at
+the exact boundary, so :func:`lsq_reference` differs from this function there and only there).
 """
 
 from __future__ import annotations

@@ -54,7 +54,12 @@ def collect(metric_files: Iterable[str | Path], experiment: str) -> pd.DataFrame
     spec_cols = sorted(c for c in df.columns if c not in ID_COLUMNS and c.split(".")[0] in SPEC_SECTIONS)
     fit_cols = sorted(c for c in df.columns if c.startswith("fit."))
     rest = [c for c in df.columns if c not in {*ID_COLUMNS, *spec_cols, *fit_cols}]
-    return df[ID_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})
+    df = df[ID_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})
+    for col in spec_cols + fit_cols:  # integer settings missing for some runs (e.g. bits of float runs)
+        values = df[col]
+        if values.dtype.kind == "f" and values.notna().any() and (values.dropna() % 1 == 0).all():
+            df[col] = values.astype("Int64")
+    return df
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -41,6 +41,7 @@ def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.8), constrained_layout=True)
     palette = sns.color_palette("deep", n_colors=max(len(hue_order), 1))
+    dodge = len(hue_order) > 1
     for ax, (metric, label) in zip(axes, PANELS.items(), strict=True):
         if not len(ok):
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
@@ -52,7 +53,7 @@ def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
             hue="model_label",
             order=order,
             hue_order=hue_order,
-            dodge=True,
+            dodge=dodge,
             alpha=0.45,
             size=4,
             jitter=0.15,
@@ -67,7 +68,7 @@ def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
             hue="model_label",
             order=order,
             hue_order=hue_order,
-            dodge=0.4,
+            dodge=0.4 if dodge else False,
             errorbar="sd",
             capsize=0.1,
             markers="D",

@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 
-from qgen.io import atomic_path
+from qgen.io import torch_save
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(path, state)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

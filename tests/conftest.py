@@ -1,0 +1,52 @@
+"""Shared fixtures: a prepared copy of the digits data and small run specs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qgen.config import run_spec_schema, validate
+from qgen.data import load_prepared, prepare
+from qgen.experiments import normalize_spec
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_PARAMS = {"test_fraction": 0.25, "split_seed": 0}
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits")
+    prepare("digits", dict(DIGITS_PARAMS), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits(digits_dir: Path):
+    return load_prepared(digits_dir)
+
+
+def make_spec(**overrides: Any) -> dict[str, Any]:
+    """A small valid run spec; ``overrides`` maps section → dict merged into that section."""
+    spec: dict[str, Any] = {
+        "data": {"name": "digits", **DIGITS_PARAMS},
+        "model": {"name": "mlp", "depth": 2, "width": 32},
+        "quant": {"method": "lsq", "weight_bits": 4, "act_bits": 4},
+        "optim": {"name": "sgd", "lr": 0.05, "batch_size": 64},
+        "train": {"max_epochs": 6, "target_ce": None},
+        "seed": 0,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    spec = validate(copy.deepcopy(spec), run_spec_schema(), where="test spec")
+    return normalize_spec(spec)
+
+
+@pytest.fixture
+def spec_factory():
+    return make_spec

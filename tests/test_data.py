@@ -1,0 +1,79 @@
+"""The digits dataset: a fixed stratified split, checksums recorded and verified on load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from qgen.data import load_prepared, prepare
+from qgen.data.prepared import DataIntegrityError
+from qgen.io import sha256_file
+from tests.conftest import DIGITS_PARAMS
+
+
+def test_digits_split_sizes_classes_and_normalization(digits) -> None:
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    n_train, n_test = len(digits.train["y"]), len(digits.test["y"])
+    assert n_train + n_test == 1797
+    assert n_test == pytest.approx(0.25 * 1797, abs=1)
+    counts = digits.meta["class_counts"]
+    # stratified: every class keeps its share in both splits (within one example)
+    for c in range(10):
+        total = counts["train"][c] + counts["test"][c]
+        assert abs(counts["test"][c] - 0.25 * total) <= 1
+    assert torch.bincount(digits.train["y"]).tolist() == counts["train"]
+    x = digits.train["x"]
+    assert (
+        x.dtype == torch.float32
+        and abs(x.mean().item()) < 1e-5
+        and x.std().item() == pytest.approx(1, abs=1e-3)
+    )
+
+
+def test_meta_records_sha256_of_every_file(digits_dir) -> None:
+    meta = json.loads((digits_dir / "meta.json").read_text())
+    for name in ("train.pt", "test.pt"):
+        assert meta["files"][name] == sha256_file(digits_dir / name)
+    assert meta["params"] == DIGITS_PARAMS
+    assert len(meta["checksum"]) == 64
+
+
+def test_preparation_is_byte_for_byte_reproducible(tmp_path, digits_dir) -> None:
+    prepare("digits", dict(DIGITS_PARAMS), tmp_path)
+    for name in ("train.pt", "test.pt", "meta.json"):
+        assert (tmp_path / name).read_bytes() == (digits_dir / name).read_bytes()
+
+
+def test_a_different_split_seed_gives_a_different_split(tmp_path, digits) -> None:
+    prepare("digits", {**DIGITS_PARAMS, "split_seed": 1}, tmp_path)
+    other = load_prepared(tmp_path)
+    assert other.checksum != digits.checksum
+    assert len(other.train["y"]) == len(digits.train["y"])
+
+
+def test_tampered_file_is_detected(tmp_path, digits_dir) -> None:
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir, copy)
+    data = torch.load(copy / "train.pt", weights_only=True)
+    data["y"][0] = (data["y"][0] + 1) % 10
+    torch.save(data, copy / "train.pt")
+    with pytest.raises(DataIntegrityError, match="does not match"):
+        load_prepared(copy)
+
+
+def test_data_prepared_with_other_settings_is_refused(digits_dir) -> None:
+    with pytest.raises(DataIntegrityError, match="split_seed"):
+        load_prepared(digits_dir, {"split_seed": 3, "test_fraction": 0.25})
+
+
+def test_missing_meta_says_what_to_do(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="prepare the dataset"):
+        load_prepared(tmp_path)
+
+
+def test_unknown_dataset_is_named() -> None:
+    with pytest.raises(KeyError, match="unknown dataset 'cifar99'"):
+        prepare("cifar99", {}, "/nonexistent")

@@ -1,0 +1,190 @@
+"""Training: determinism, resume after interruption, the stopping rule and divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from qgen import runtime
+from qgen.measures.gap import generalization_metrics
+from qgen.train import checkpoint, lr_at, train_run
+
+RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 2}
+
+
+def train(spec, data, out_dir, **runtime_overrides):
+    run_cfg = {**RUNTIME, **runtime_overrides}
+    device = runtime.configure(run_cfg)
+    return train_run(spec, data, out_dir, run_cfg, device, progress=False)
+
+
+def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_same_seed_twice_gives_identical_model_and_metrics(tmp_path, digits, spec_factory) -> None:
+    spec = spec_factory(train={"max_epochs": 3})
+    m1, _, r1 = train(spec, digits, tmp_path / "a")
+    m2, _, r2 = train(spec, digits, tmp_path / "b")
+    assert state_equal(m1, m2)
+    assert generalization_metrics(m1, digits) == generalization_metrics(m2, digits)
+    assert (r1.final_train_ce, r1.epochs, r1.stop_reason) == (r2.final_train_ce, r2.epochs, r2.stop_reason)
+    assert (tmp_path / "a" / "train_log.csv").read_text().split("\n")[1:] != []
+    m3, _, _ = train(spec_factory(train={"max_epochs": 3}, seed=1), digits, tmp_path / "c")
+    assert not state_equal(m1, m3)
+
+
+@pytest.mark.parametrize("quant", [{"method": "lsq"}, {"method": "uniform"}, {"method": "float"}])
+def test_interrupted_training_resumes_to_the_same_result(
+    tmp_path, digits, spec_factory, monkeypatch, quant
+) -> None:
+    spec = spec_factory(quant=quant, model={"dropout": 0.1}, train={"max_epochs": 7})
+    reference, _, ref_result = train(spec, digits, tmp_path / "ref")
+
+    real_save, calls = checkpoint.save, {"n": 0}
+
+    def crash_after_second_checkpoint(path, state):
+        real_save(path, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill after epoch 4")
+
+    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, digits, tmp_path / "run")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["epoch"] == 4
+
+    resumed, _, result = train(spec, digits, tmp_path / "run")
+    assert result.resumed_from_epoch == 4
+    assert state_equal(reference, resumed)
+    assert generalization_metrics(reference, digits) == generalization_metrics(resumed, digits)
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == [str(e) for e in range(1, 8)]
+    assert result.epochs == ref_result.epochs == 7
+
+
+def test_checkpoint_of_another_spec_is_not_resumed(tmp_path, digits, spec_factory) -> None:
+    spec = spec_factory(train={"max_epochs": 2})
+    train(spec, digits, tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    state["spec_hash"] = "somebody-else"
+    checkpoint.save(tmp_path / "checkpoint.pt", state)
+    _, _, result = train(spec, digits, tmp_path)
+    assert result.resumed_from_epoch is None
+
+
+def test_stopping_rule_records_what_ended_the_run(tmp_path, digits, spec_factory) -> None:
+    spec = spec_factory(
+        quant={"method": "float"}, model={"width": 64}, train={"max_epochs": 80, "target_ce": 0.05}
+    )
+    _, _, result = train(spec, digits, tmp_path / "t")
+    assert result.stop_reason == "target_ce" and result.epochs < 80
+    assert result.final_train_ce <= 0.05
+    _, _, capped = train(spec_factory(train={"max_epochs": 2, "target_ce": 1e-6}), digits, tmp_path / "m")
+    assert capped.stop_reason == "max_epochs" and capped.epochs == 2 and capped.final_train_ce > 1e-6
+
+
+def test_diverged_run_is_recorded_not_raised(tmp_path, digits, spec_factory) -> None:
+    spec = spec_factory(
+        quant={"method": "float"}, optim={"lr": 1e12, "momentum": 0.9}, train={"max_epochs": 5}
+    )
+    _, _, result = train(spec, digits, tmp_path)
+    assert result.status == "diverged" and result.stop_reason == "diverged"
+    assert result.diverged_epoch is not None and result.diverged_epoch <= 5
+    assert math.isnan(result.final_train_ce)
+    assert (tmp_path / "train_log.csv").exists()
+
+
+def test_lr_schedules() -> None:
+    assert lr_at({"lr": 0.1, "schedule": "constant"}, 7, 10) == 0.1
+    assert lr_at({"lr": 0.1, "schedule": "cosine"}, 0, 10) == pytest.approx(0.1)
+    assert lr_at({"lr": 0.1, "schedule": "cosine"}, 5, 10) == pytest.approx(0.05)
+    step = {"lr": 1.0, "schedule": "step", "milestones": [2, 4], "gamma": 0.5}
+    assert [lr_at(step, e, 6) for e in range(6)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def _train_cli(spec_json: str, meta: str, out: str, env: dict) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "qgen",
+        "train",
+        "--spec",
+        spec_json,
+        "--data-meta",
+        meta,
+        "--out-model",
+        f"{out}/model.pt",
+        "--out-log",
+        f"{out}/train_log.csv",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+    ]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _evaluate_cli(out: str, meta: str) -> dict:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qgen",
+            "evaluate",
+            "--model",
+            f"{out}/model.pt",
+            "--data-meta",
+            meta,
+            "--out",
+            f"{out}/metrics.json",
+            "--device",
+            "cpu",
+        ],
+        check=True,
+    )
+    return json.loads(open(f"{out}/metrics.json").read())
+
+
+def test_killed_training_process_resumes_with_identical_metrics(tmp_path, digits_dir, spec_factory) -> None:
+    """SIGKILL a real `qgen train` process after its first checkpoint; re-running it finishes the
+    run from that checkpoint with the same metrics as an uninterrupted run."""
+    spec = spec_factory(
+        model={"name": "nin", "depth": 2, "width": 2, "base_width": 25},
+        train={"max_epochs": 12, "target_ce": None},
+    )
+    spec_json = json.dumps({"run_id": "digits-nin2x2-lsq_w4a4-00000000", "spec": spec})
+    meta = str(digits_dir / "meta.json")
+    env = {**os.environ, "QGEN_RUNTIME": ""}
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    assert _train_cli(spec_json, meta, ref, env).wait(timeout=300) == 0
+
+    proc = _train_cli(spec_json, meta, run, env)
+    deadline = time.time() + 120
+    while not os.path.exists(f"{run}/checkpoint.pt") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make the run longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(f"{run}/model.pt")
+    killed_at = checkpoint.load(f"{run}/checkpoint.pt")["epoch"]
+    assert 1 <= killed_at < 12
+
+    resumed = _train_cli(spec_json, meta, run, env)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resumed from {run}/checkpoint.pt at epoch {killed_at}" in err
+    a, b = _evaluate_cli(ref, meta), _evaluate_cli(run, meta)
+    assert a["metrics"] == b["metrics"] and a["fit"] == b["fit"]
+    assert b["provenance"]["resumed_from_epoch"] == killed_at
+    assert not os.path.exists(f"{run}/checkpoint.pt")

@@ -1,0 +1,136 @@
+"""The Snakemake workflow end to end on a tiny config in a temporary directory, and its lint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = """
+runtime: {device: cpu, checkpoint_every: 1}
+experiments:
+  tiny:
+    description: two quantizers x two seeds, three epochs
+    base:
+      data: {name: digits}
+      model: {name: mlp, depth: 1, width: 16}
+      quant: {method: lsq, weight_bits: 4, act_bits: 4}
+      optim: {name: sgd, lr: 0.05}
+      train: {max_epochs: 3}
+    grid:
+      quant: [{method: float}, {method: lsq, weight_bits: 2, act_bits: 2}]
+    seeds: [0, 1]
+"""
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # targets before --configfile, which takes several values
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "tiny.yaml").write_text(TINY)
+    snakemake(workdir)
+    return workdir
+
+
+def test_lint_is_clean() -> None:
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None:
+    runs = pd.read_csv(built / "results/tiny/runs.csv", dtype={"bits": str})
+    assert len(runs) == 4 and set(runs["bits"]) == {"FP32", "2"}
+    assert {
+        "gap_acc",
+        "gap_loss",
+        "train_ce",
+        "test_acc",
+        "optim.lr",
+        "quant.weight_bits",
+        "fit.stop_reason",
+    } <= set(runs.columns)
+    table = (built / "results/tiny/tables/gap_by_bits.md").read_text()
+    for rid in runs["run_id"]:
+        assert rid in table  # every row names the runs behind it
+    csv = pd.read_csv(built / "results/tiny/tables/gap_by_bits.csv", dtype={"bits": str})
+    assert list(csv["bits"]) == ["FP32", "2"] and list(csv["n"]) == [2, 2]
+    assert csv["gap_acc_mean"].iloc[0] == pytest.approx(runs[runs["bits"] == "FP32"]["gap_acc"].mean())
+    for ext in ("png", "pdf"):
+        assert (built / f"figures/tiny/gap_by_bits.{ext}").stat().st_size > 5000
+    assert len((built / "results/runs.tsv").read_text().splitlines()) == 5
+    for log in ("logs/prepare_data/digits.log", f"logs/train/{runs['run_id'][0]}.log"):
+        assert (built / log).exists()
+
+
+def test_metrics_carry_provenance(built: Path) -> None:
+    path = next((built / "results/runs").glob("*/metrics.json"))
+    record = json.loads(path.read_text())
+    prov = record["provenance"]
+    assert record["run_id"] == path.parent.name and record["spec"]["seed"] == prov["seed"]
+    assert set(prov["code"]) >= {"commit", "dirty", "qgen"}
+    assert len(prov["data"]["checksum"]) == 64
+    assert prov["libraries"]["torch"] and prov["device"] == "cpu"
+    assert prov["wall_seconds"]["train"] > 0 and prov["runtime"]["checkpoint_every"] == 1
+    assert record["fit"]["stop_reason"] in ("max_epochs", "target_ce")
+
+
+def test_rebuilding_a_run_gives_identical_metrics_and_nothing_else_reruns(built: Path) -> None:
+    run_dir = next((built / "results/runs").glob("*lsq_w2a2*"))
+    before = json.loads((run_dir / "metrics.json").read_text())
+    shutil.rmtree(run_dir)
+    proc = snakemake(built, f"results/runs/{run_dir.name}/metrics.json")
+    assert "train" in proc.stderr and proc.stderr.count("rule train") == 1
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["metrics"] == before["metrics"] and after["spec"] == before["spec"]
+    dry = snakemake(built, "-n")
+    assert "rule train" not in dry.stdout + dry.stderr
+
+
+def test_editing_runtime_settings_does_not_retrain(built: Path) -> None:
+    text = (built / "tiny.yaml").read_text()
+    (built / "tiny.yaml").write_text(text.replace("checkpoint_every: 1", "checkpoint_every: 3"))
+    try:
+        dry = snakemake(built, "-n")
+        assert "rule train" not in dry.stdout + dry.stderr
+    finally:
+        (built / "tiny.yaml").write_text(text)
+
+
+def test_invalid_config_stops_the_workflow_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("weight_bits: 2", "weight_bits: 12"))
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "weight_bits: 12 is greater than the maximum of 8" in proc.stdout + proc.stderr
+
+
+def test_unknown_run_id_target_is_explained(built: Path) -> None:
+    proc = snakemake(built, "results/runs/digits-mlp1x16-fp32-deadbeef/metrics.json", "-n", check=False)
+    assert proc.returncode != 0
+    assert "is not defined by the current config" in proc.stdout + proc.stderr
