@@ -23,29 +23,38 @@ import torch
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """The forward saves v/s and its rounded value, so the backward is a mask, a select and two
-    reductions (dot products for a per-tensor step)."""
+    """Returns (v̂, v/s, round(v/s) clipped); the last two are saved for the backward, which is a
+    mask, a select and two reductions (dot products for a per-tensor step). Written in the
+    ``setup_context`` style with a generated vmap rule, so ``torch.func`` transforms (``vmap`` over
+    stacked weight perturbations, ``jvp``/``grad`` for Hessian-vector products) work through it,
+    and the backward is itself differentiable (double backward for the Hessian)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float) -> torch.Tensor:
-        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
+    def forward(v: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float):  # type: ignore[override]
         x = v / s
-        q = torch.round(x).clamp_(-qn, qp)
-        ctx.save_for_backward(x, q, s)
-        return q * s
+        q = torch.round(x).clamp(-qn, qp)
+        return q * s, x, q
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _, s, qn, qp, grad_scale = inputs
+        _, x, q = output
+        ctx.mark_non_differentiable(x, q)
+        ctx.save_for_backward(x, q, s)
+        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_x: torch.Tensor, _grad_q: torch.Tensor):  # type: ignore[override]
         x, q, s = ctx.saved_tensors
         inside = (x >= -ctx.qn) & (x <= ctx.qp)
         grad_v = torch.where(inside, grad, 0.0)
         grad_s = None
         if ctx.needs_input_grad[1]:
             # Σ grad·(q − x·1[inside]) = Σ grad·q − Σ grad_v·x
-            if s.numel() == 1:
-                grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(
-                    grad_v.reshape(-1), x.reshape(-1)
-                )
+            if s.numel() == 1 and grad.ndim == x.ndim:
+                grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), x.reshape(-1))
             else:
                 grad_s = (grad * q - grad_v * x).sum_to_size(s.shape)
             grad_s = grad_s.reshape(s.shape) * ctx.grad_scale
@@ -59,7 +68,7 @@ def fake_quantize(
 
     When ``s`` requires grad it receives the LSQ step gradient times ``grad_scale``.
     """
-    return _FakeQuantize.apply(v, s, qn, qp, grad_scale)
+    return _FakeQuantize.apply(v, s, qn, qp, grad_scale)[0]
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
