@@ -19,8 +19,14 @@ rule all:
     input:
         "results/runs.tsv",
         expand(
-            "results/{experiment}/tables/gap_by_bits.{ext}",
+            "results/{experiment}/tables/{table}.{ext}",
             experiment=EXPERIMENTS,
+            table=["gap_by_bits", "measures_by_bits"],
             ext=["md", "csv", "tex"],
         ),
-        expand("figures/{experiment}/gap_by_bits.{ext}", experiment=EXPERIMENTS, ext=["png", "pdf"]),
+        expand(
+            "figures/{experiment}/{figure}.{ext}",
+            experiment=EXPERIMENTS,
+            figure=["gap_by_bits", "measures_by_bits"],
+            ext=["png", "pdf"],
+        ),

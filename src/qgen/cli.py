@@ -165,21 +165,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from qgen import provenance, runtime
+    from qgen.config import measures_schema, validate
+    from qgen.measures.run import measure_run
+    from qgen.models import read_model_file
+
+    settings = validate(json.loads(args.settings), measures_schema(), where="measure settings")
+    run_cfg = _runtime(args)
+    device = runtime.configure(run_cfg)
+    t0 = time.perf_counter()
+    payload = read_model_file(args.model)
+    data = _data_for(args.data_meta, payload["spec"])
+    status = payload["train"]["status"]
+    body: dict[str, Any] = {"measures": {}, "settings": settings}
+    if status == "completed":
+        body = measure_run(payload, data, settings, device)
+    timings = body.pop("timings", {})
+    prov = provenance.record(
+        run_id=payload["run_id"],
+        seed=payload["spec"]["seed"],
+        runtime=run_cfg,
+        **provenance.device_info(device),
+        data={"name": data.name, "checksum": data.checksum},
+        wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
+    )
+    qio.write_json(args.out, {"run_id": payload["run_id"], "status": status, **body, "provenance": prov})
+    print(f"{payload['run_id']}: measured ({status}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from qgen.report.collect import collect, write_csv
 
-    write_csv(collect(args.metrics, args.experiment), args.out)
+    write_csv(collect(args.metrics, args.experiment, args.measures), args.out)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from qgen.report.collect import read_runs
-    from qgen.report.figures import gap_vs_bits
-    from qgen.report.tables import gap_by_bits, write_gap_tables
+    from qgen.report.figures import gap_vs_bits, measures_vs_bits
+    from qgen.report.tables import gap_by_bits, write_gap_tables, write_measure_tables
 
     df = read_runs(args.runs)
     write_gap_tables(gap_by_bits(df), args.tables_dir, args.experiment)
+    write_measure_tables(df, args.tables_dir, args.experiment)
     gap_vs_bits(df, Path(args.figures_dir) / "gap_by_bits", args.experiment)
+    measures_vs_bits(df, Path(args.figures_dir) / "measures_by_bits", f"{args.experiment}: sharpness")
     return 0
 
 
@@ -226,10 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("collect", help="collect metrics.json files into one runs.csv")
+    p = sub.add_parser("measure", help="noise, sharpness, Hessian and norm measures of a trained model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-meta", required=True)
+    p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
+    p.add_argument("--out", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("metrics", nargs="+")
+    p.add_argument("--measures", nargs="*", default=[], help="measures.json files, matched to runs by run id")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="tables and figures of one experiment")

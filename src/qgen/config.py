@@ -79,6 +79,11 @@ def run_spec_schema() -> dict[str, Any]:
     return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/run_spec"}
 
 
+def measures_schema() -> dict[str, Any]:
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/measures"}
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a whole workflow config (in place, with defaults) and return it."""
     return validate(config, where="config")

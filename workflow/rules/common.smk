@@ -60,9 +60,12 @@ def run_data(wildcards):
     return {key: f"data/prepared/{name}/{file}" for key, file in DATA_FILES.items()}
 
 
-def experiment_metrics(wildcards):
+def experiment_run_files(wildcards):
     run_ids = [rid for rid, run in RUNS.items() if wildcards.experiment in run.experiments]
-    return expand("results/runs/{run_id}/metrics.json", run_id=run_ids)
+    return {
+        "metrics": expand("results/runs/{run_id}/metrics.json", run_id=run_ids),
+        "measures": expand("results/runs/{run_id}/measures.json", run_id=run_ids),
+    }
 
 
 def runs_table_text(wildcards):

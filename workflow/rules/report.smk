@@ -18,7 +18,7 @@ rule runs_table:
 
 rule collect:
     input:
-        experiment_metrics,
+        unpack(experiment_run_files),
     output:
         "results/{experiment}/runs.csv",
     log:
@@ -31,7 +31,8 @@ rule collect:
         mem_mb=1000,
         runtime=10,
     shell:
-        "qgen collect --experiment {wildcards.experiment} --out {output:q} {input:q} 2> {log:q}"
+        "qgen collect --experiment {wildcards.experiment} --out {output:q} {input.metrics:q}"
+        " --measures {input.measures:q} 2> {log:q}"
 
 
 rule report:
@@ -39,7 +40,9 @@ rule report:
         runs="results/{experiment}/runs.csv",
     output:
         tables=multiext("results/{experiment}/tables/gap_by_bits", ".md", ".csv", ".tex"),
+        measure_tables=multiext("results/{experiment}/tables/measures_by_bits", ".md", ".csv", ".tex"),
         figures=multiext("figures/{experiment}/gap_by_bits", ".png", ".pdf"),
+        measure_figures=multiext("figures/{experiment}/measures_by_bits", ".png", ".pdf"),
     log:
         "logs/report/{experiment}.log",
     conda:

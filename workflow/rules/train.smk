@@ -1,4 +1,5 @@
-# Per-run work: train (resumable) and evaluate the quantized model. Each run's files are DAG targets.
+# Per-run work: train (resumable), evaluate and measure the quantized model. Each run's files are DAG
+# targets; measure settings are params of `measure` only, so changing them never retrains.
 
 
 rule train:
@@ -39,3 +40,24 @@ rule evaluate:
     shell:
         "qgen evaluate --model {input.model:q} --data-meta {input.meta:q} --out {output.metrics:q}"
         " --threads {threads} 2> {log:q}"
+
+
+rule measure:
+    input:
+        unpack(run_data),
+        model="results/runs/{run_id}/model.pt",
+    output:
+        measures="results/runs/{run_id}/measures.json",
+    params:
+        settings=lambda wildcards: json.dumps(config["measures"], sort_keys=True),
+    log:
+        "logs/measure/{run_id}.log",
+    conda:
+        "../../environment.yml"
+    threads: RUNTIME["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
+        " --out {output.measures:q} --threads {threads} 2> {log:q}"

@@ -54,7 +54,9 @@ class _FakeQuantize(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # Σ grad·(q − x·1[inside]) = Σ grad·q − Σ grad_v·x
             if s.numel() == 1 and grad.ndim == x.ndim:
-                grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), x.reshape(-1))
+                grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(
+                    grad_v.reshape(-1), x.reshape(-1)
+                )
             else:
                 grad_s = (grad * q - grad_v * x).sum_to_size(s.shape)
             grad_s = grad_s.reshape(s.shape) * ctx.grad_scale

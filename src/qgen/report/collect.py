@@ -48,8 +48,19 @@ def run_row(record: dict[str, Any], experiment: str) -> dict[str, Any]:
     return row
 
 
-def collect(metric_files: Iterable[str | Path], experiment: str) -> pd.DataFrame:
-    rows = [run_row(read_json(path), experiment) for path in metric_files]
+def collect(
+    metric_files: Iterable[str | Path], experiment: str, measure_files: Iterable[str | Path] = ()
+) -> pd.DataFrame:
+    """One row per metrics.json; the scalar measures of the matching measures.json (same run id) join it."""
+    measures = {}
+    for path in measure_files:
+        record = read_json(path)
+        measures[record["run_id"]] = record.get("measures", {})
+    rows = []
+    for path in metric_files:
+        record = read_json(path)
+        record["measures"] = measures.get(record["run_id"], {})
+        rows.append(run_row(record, experiment))
     df = pd.DataFrame(rows)
     spec_cols = sorted(c for c in df.columns if c not in ID_COLUMNS and c.split(".")[0] in SPEC_SECTIONS)
     fit_cols = sorted(c for c in df.columns if c.startswith("fit."))

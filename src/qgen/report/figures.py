@@ -19,6 +19,13 @@ PANELS = {
     "gap_loss": "generalization gap\n(test CE − train CE)",
     "train_ce": "training cross-entropy",
 }
+MEASURE_PANELS = {
+    "pacbayes.sigma": "PAC-Bayes σ′ (flatter ↑)",
+    "pacbayes.mag.sigma": "magnitude-aware σ′ (flatter ↑)",
+    "sharpness.alpha": "worst-case α′ (flatter ↑)",
+    "hessian.trace": "Hessian trace tr(H)",
+}
+LOG_SCALE = {"train_ce", "pacbayes.sigma", "pacbayes.mag.sigma", "sharpness.alpha", "hessian.trace"}
 
 
 def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
@@ -35,14 +42,27 @@ def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
 
 def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
     """Gap (accuracy and loss) and training loss against bit width: one dot per run, mean ± sd per model."""
+    return metrics_vs_bits(df, PANELS, stem, title)
+
+
+def measures_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
+    """Sharpness and curvature measures against bit width (QGen: quantized models are flatter)."""
+    return metrics_vs_bits(df, {k: v for k, v in MEASURE_PANELS.items() if k in df.columns}, stem, title)
+
+
+def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, title: str) -> list[Path]:
+    """One panel per metric against bit width: one dot per run, mean ± sd per model."""
     ok = df[df["status"] == "completed"].copy()
     order = bits_order(ok["bits"]) if len(ok) else []
     hue_order = sorted(ok["model_label"].unique()) if len(ok) else []
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 3.8), constrained_layout=True, squeeze=False
+    )
+    axes = list(axes[0])
     palette = sns.color_palette("deep", n_colors=max(len(hue_order), 1))
     dodge = len(hue_order) > 1
-    for ax, (metric, label) in zip(axes, PANELS.items(), strict=True):
+    for ax, (metric, label) in zip(axes, panels.items(), strict=True):
         if not len(ok):
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
             continue
@@ -79,7 +99,7 @@ def gap_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
         )
         ax.set_xlabel("bit width (weights)")
         ax.set_ylabel(label)
-        if metric == "train_ce":
+        if metric in LOG_SCALE and (ok[metric] > 0).all():
             ax.set_yscale("log")
     if len(ok):
         axes[-1].legend(title="model", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -1,4 +1,5 @@
-"""Tables of the generalization gap by bit width (mean ± std over seeds, with the run ids behind each row)."""
+"""Tables by bit width (mean ± std over seeds, with the run ids behind each row): the generalization
+gap, and the noise/sharpness/curvature measures."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ GAP_METRICS = {
     "train_ce": "train CE",
     "test_acc": "test acc",
 }
+#: Measures summarized per row of the measures table (raw values, not size-normalized).
+MEASURE_METRICS = {
+    "noise.weight.var_ratio": "Var(θ_w)/(Δ²/12)",
+    "noise.act.var_ratio": "Var(θ_a)/(Δ²/12)",
+    "pacbayes.sigma": "σ′",
+    "pacbayes.mag.sigma": "σ′ (mag)",
+    "sharpness.alpha": "α′",
+    "sharpness.mag.alpha": "α′ (mag)",
+    "hessian.trace": "tr(H)",
+    "hessian.top_eigenvalue": "λ_max(H)",
+}
 
 
 def bits_order(values: pd.Series) -> list[str]:
@@ -33,10 +45,14 @@ def varying_hyperparameters(df: pd.DataFrame) -> list[str]:
 
 
 def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (varying hyperparameters × quantizer), aggregated over seeds.
+    return summary_by_bits(df, GAP_METRICS)
 
-    Diverged runs are excluded from the statistics and counted in ``diverged``.
-    """
+
+def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
+    """One row per configuration (varying hyperparameters × quantizer), ``metrics`` aggregated over
+    seeds. Diverged runs are excluded from the statistics and counted in ``diverged``; metrics absent
+    from ``df`` are skipped."""
+    metrics = {k: v for k, v in metrics.items() if k in df.columns}
     keys = ["model_label", *varying_hyperparameters(df), "quant", "bits"]
     keys = list(dict.fromkeys(k for k in keys if k in df.columns))
     rows = []
@@ -45,7 +61,7 @@ def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
         row["n"] = len(ok)
         row["diverged"] = int((group["status"] == "diverged").sum())
-        for metric in GAP_METRICS:
+        for metric in metrics:
             vals = ok[metric].astype(float)
             row[f"{metric}_mean"] = vals.mean() if len(vals) else np.nan
             row[f"{metric}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
@@ -58,13 +74,22 @@ def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_b").reset_index(drop=True)
 
 
+GAP_NOTE = "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE."
+MEASURE_NOTE = (
+    "θ = Q(v) − v over unclipped elements (1 under the uniform-noise model); σ′, α′: PAC-Bayes and "
+    "worst-case sharpness scales of Jiang et al. (larger = flatter); tr(H), λ_max(H): Hessian of the "
+    "training loss at the effective weights."
+)
+
+
 def _pm(mean: float, std: float, digits: int = 4) -> str:
     if np.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    fmt = f".{digits}f" if 1e-3 <= abs(mean) < 1e4 or mean == 0 else f".{digits - 1}e"
+    return f"{mean:{fmt}}" if np.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def _display(table: pd.DataFrame) -> pd.DataFrame:
+def _display(table: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
     keys = [
         c
         for c in table.columns
@@ -72,7 +97,9 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     ]
     shown = table[keys].copy()
     shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
-    for metric, heading in GAP_METRICS.items():
+    for metric, heading in metrics.items():
+        if f"{metric}_mean" not in table.columns:
+            continue
         shown[heading] = [
             _pm(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)
         ]
@@ -80,27 +107,50 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
-    shown = _display(table)
+def to_markdown(
+    table: pd.DataFrame, title: str, metrics: dict[str, str] = GAP_METRICS, note: str = GAP_NOTE
+) -> str:
+    shown = _display(table, metrics)
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    note = (
-        "Mean ± sample std over seeds of completed runs, quantized model in eval mode. "
-        "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE."
-    )
+    note = "Mean ± sample std over seeds of completed runs, quantized model in eval mode. " + note
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 
-def to_latex(table: pd.DataFrame) -> str:
-    shown = _display(table).drop(columns="run ids")
+def to_latex(table: pd.DataFrame, metrics: dict[str, str] = GAP_METRICS) -> str:
+    shown = _display(table, metrics).drop(columns="run ids")
     return shown.to_latex(index=False, escape=True)
 
 
-def write_gap_tables(table: pd.DataFrame, out_dir: str | Path, experiment: str) -> list[Path]:
+def write_tables(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    stem: str,
+    title: str,
+    metrics: dict[str, str] = GAP_METRICS,
+    note: str = GAP_NOTE,
+) -> list[Path]:
+    """``stem``.md, .csv and .tex of a summary table."""
     out_dir = Path(out_dir)
-    paths = [out_dir / f"gap_by_bits.{ext}" for ext in ("md", "csv", "tex")]
-    write_text(paths[0], to_markdown(table, f"{experiment}: generalization gap by bit width"))
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    write_text(paths[0], to_markdown(table, title, metrics, note))
     write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
-    write_text(paths[2], to_latex(table))
+    write_text(paths[2], to_latex(table, metrics))
     return paths
+
+
+def write_gap_tables(table: pd.DataFrame, out_dir: str | Path, experiment: str) -> list[Path]:
+    return write_tables(table, out_dir, "gap_by_bits", f"{experiment}: generalization gap by bit width")
+
+
+def write_measure_tables(df: pd.DataFrame, out_dir: str | Path, experiment: str) -> list[Path]:
+    table = summary_by_bits(df, MEASURE_METRICS)
+    return write_tables(
+        table,
+        out_dir,
+        "measures_by_bits",
+        f"{experiment}: quantization noise and sharpness by bit width",
+        MEASURE_METRICS,
+        MEASURE_NOTE,
+    )

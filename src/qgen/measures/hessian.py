@@ -1,0 +1,121 @@
+"""Curvature of the training loss at the measured weights: Hessian trace and top eigenvalue.
+
+Both use Hessian-vector products Hv = ∂/∂w (∇L(w) · v) by double backward, on a fixed subset of the
+training set, at the weights of a :class:`~qgen.measures.deployed.DeployedModel` (the effective,
+BN-folded weights by default).
+
+- Trace: Hutchinson's estimator tr(H) = E[vᵀHv] with Rademacher probes v (Hutchinson 1989). Probes
+  are added until the standard error of the mean is below ``tolerance`` × |estimate| (after
+  ``min_probes``) or ``max_probes`` is reached. The same probes give each layer's block trace
+  tr(H_ll) = E[v_lᵀ(Hv)_l] (the cross terms have zero mean), which QGen's second-order argument
+  E[L(w+θ)] ≈ L(w) + Σ_l (Δ_l²/24)·tr(H_ll) needs.
+- Top eigenvalue: power iteration v ← Hv/‖Hv‖ with the Rayleigh quotient vᵀHv, until its relative
+  change is below ``tolerance``; it converges to the eigenvalue of largest magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from qgen.measures.deployed import DeployedModel
+
+Weights = dict[str, torch.Tensor]
+
+
+def hvp_function(
+    loss_fn: Callable[[Weights], torch.Tensor], weights: Weights
+) -> Callable[[Weights], Weights]:
+    """A function v ↦ Hv for the Hessian of ``loss_fn`` at ``weights`` (the gradient graph is built once)."""
+    params = {n: w.detach().clone().requires_grad_(True) for n, w in weights.items()}
+    with torch.enable_grad():
+        loss = loss_fn(params)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+
+    def hvp(v: Weights) -> Weights:
+        out = torch.autograd.grad(
+            grads, list(params.values()), grad_outputs=[v[n] for n in params], retain_graph=True
+        )
+        return {n: h.detach() for n, h in zip(params, out, strict=True)}
+
+    return hvp
+
+
+def cross_entropy_hvp(model: DeployedModel, x: torch.Tensor, y: torch.Tensor) -> Callable[[Weights], Weights]:
+    return hvp_function(lambda w: F.cross_entropy(model(x, w), y), model.weights())
+
+
+@dataclass
+class TraceEstimate:
+    trace: float
+    stderr: float
+    probes: int
+    per_layer: dict[str, float] = field(default_factory=dict)
+
+
+def hutchinson_trace(
+    hvp: Callable[[Weights], Weights],
+    like: Weights,
+    *,
+    max_probes: int = 100,
+    min_probes: int = 10,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> TraceEstimate:
+    gen = torch.Generator().manual_seed(seed)
+    totals: list[float] = []
+    layers: dict[str, list[float]] = {n: [] for n in like}
+    for _ in range(max_probes):
+        v = {n: (torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for n, w in like.items()}
+        hv = hvp(v)
+        per = {n: float((v[n].double() * hv[n].double()).sum()) for n in like}
+        for n, value in per.items():
+            layers[n].append(value)
+        totals.append(sum(per.values()))
+        k = len(totals)
+        if k >= max(min_probes, 2):
+            mean = sum(totals) / k
+            stderr = math.sqrt(sum((t - mean) ** 2 for t in totals) / (k - 1) / k)
+            if stderr <= tolerance * abs(mean):
+                break
+    k = len(totals)
+    mean = sum(totals) / k
+    stderr = math.sqrt(sum((t - mean) ** 2 for t in totals) / (k - 1) / k) if k > 1 else float("nan")
+    return TraceEstimate(mean, stderr, k, {n: sum(v) / k for n, v in layers.items()})
+
+
+@dataclass
+class Eigen:
+    value: float
+    iterations: int
+    converged: bool
+
+
+def top_eigenvalue(
+    hvp: Callable[[Weights], Weights],
+    like: Weights,
+    *,
+    max_iters: int = 100,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+) -> Eigen:
+    gen = torch.Generator().manual_seed(seed)
+    v = {n: torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device) for n, w in like.items()}
+
+    def normalize(u: Weights) -> Weights:
+        norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in u.values()))
+        return {n: t / max(norm, 1e-30) for n, t in u.items()}
+
+    v = normalize(v)
+    value = 0.0
+    for i in range(1, max_iters + 1):
+        hv = hvp(v)
+        new = sum(float((v[n].double() * hv[n].double()).sum()) for n in v)
+        if i > 1 and abs(new - value) <= tolerance * max(abs(new), 1e-12):
+            return Eigen(new, i, True)
+        value, v = new, normalize(hv)
+    return Eigen(value, max_iters, False)

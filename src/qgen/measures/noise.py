@@ -1,0 +1,155 @@
+"""Quantization-noise statistics (QGen §1a, QReg): θ = Q(v) − v for weights and activations.
+
+QGen and QReg model quantization as additive noise θ ~ U(−Δ/2, Δ/2), independent of v, with
+Var(θ) = Δ²/12. For every quantized layer this module measures how well that holds:
+
+- ``step``: Δ (mean over channels for per-channel steps), ``bits``;
+- ``mean``, ``var``: moments of θ over the unclipped elements (|θ| ≤ Δ/2);
+- ``var_ratio``: Var(θ) / mean(Δ²/12) over the unclipped elements (1 under the model),
+  ``var_ratio_all`` over all elements (clipping adds error beyond Δ/2);
+- ``ks``, ``ks_pvalue``: Kolmogorov–Smirnov statistic of θ/Δ against U(−½, ½), unclipped elements;
+- ``corr``: Pearson correlation of θ with v (0 under the independence assumption);
+- ``clipped_fraction``: fraction of elements outside the grid's range, where |θ| > Δ/2;
+- activations also report ``zero_fraction`` (post-ReLU zeros are represented exactly, θ = 0).
+
+Propagation (QReg): ``relative_perturbation`` of each quantized layer's output between the float
+forward (all quantizers off, latent weights) and the quantized forward, ‖y_q − y_fp‖/‖y_fp‖, by depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from qgen.measures.deployed import quantizers_disabled
+from qgen.quant import Quantizer, quant_layers
+
+
+def noise_statistics(
+    v: torch.Tensor, q: torch.Tensor, step: torch.Tensor, qn: int, qp: int
+) -> dict[str, float]:
+    """Statistics of θ = q − v for values ``v`` quantized to ``q`` with step ``step`` (broadcastable)."""
+    v, q = v.detach().double(), q.detach().double()
+    delta = step.detach().double().expand_as(v)
+    theta = q - v
+    x = v / delta
+    unclipped = (x >= -qn - 0.5) & (x <= qp + 0.5)
+    th, dl, vv = theta[unclipped], delta[unclipped], v[unclipped]
+    out: dict[str, float] = {
+        "step": float(step.double().mean()),
+        "n": float(theta.numel()),
+        "sum_sq": float((theta**2).sum()),  # ‖θ‖², against n·mean(Δ²)/12 under the noise model
+        "predicted_sum_sq": float((delta**2).sum() / 12),
+        "clipped_fraction": float(1 - unclipped.double().mean()),
+        "var_ratio_all": float(theta.var() / (delta**2 / 12).mean()) if theta.numel() > 1 else float("nan"),
+    }
+    if th.numel() > 2:
+        normalized = (th / dl).cpu().numpy()
+        ks = stats.kstest(normalized, stats.uniform(loc=-0.5, scale=1).cdf)
+        corr = np.corrcoef(th.cpu().numpy(), vv.cpu().numpy())[0, 1] if th.std() > 0 and vv.std() > 0 else 0.0
+        out.update(
+            mean=float(th.mean()),
+            var=float(th.var()),
+            var_ratio=float(th.var() / (dl**2 / 12).mean()),
+            ks=float(ks.statistic),
+            ks_pvalue=float(ks.pvalue),
+            corr=float(corr),
+        )
+    else:
+        out.update(
+            mean=float("nan"),
+            var=float("nan"),
+            var_ratio=float("nan"),
+            ks=float("nan"),
+            ks_pvalue=float("nan"),
+            corr=float("nan"),
+        )
+    return out
+
+
+@torch.no_grad()
+def layer_noise(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Weight and activation noise of every quantized layer on the batch ``x`` (model in eval mode)."""
+    model.eval()
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, layer in quant_layers(model):
+        if isinstance(layer.input_quant, Quantizer):
+            hooks.append(
+                layer.input_quant.register_forward_pre_hook(
+                    lambda _m, args, name=name: inputs.__setitem__(name, args[0].detach())
+                )
+            )
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for depth, (name, layer) in enumerate(quant_layers(model)):
+        row: dict[str, Any] = {"layer": name, "depth": depth}
+        wq = layer.weight_quant
+        if isinstance(wq, Quantizer):
+            w = layer.weight.detach()
+            row["weight"] = {"bits": wq.bits, **noise_statistics(w, wq(w), wq.step_for(w), wq.qn, wq.qp)}
+        aq = layer.input_quant
+        if isinstance(aq, Quantizer) and name in inputs:
+            a = inputs[name]
+            stats_a = noise_statistics(a, aq(a), aq.step_for(a), aq.qn, aq.qp)
+            row["act"] = {"bits": aq.bits, "zero_fraction": float((a == 0).double().mean()), **stats_a}
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def propagation(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Relative output perturbation ‖y_q − y_fp‖ / ‖y_fp‖ of each quantized layer, by depth (QReg)."""
+    model.eval()
+    layers = list(quant_layers(model))
+
+    def outputs() -> list[torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hooks = [
+            layer.register_forward_hook(lambda _m, _a, out: captured.append(out.detach()))
+            for _, layer in layers
+        ]
+        try:
+            model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return captured
+
+    quantized = outputs()
+    with quantizers_disabled(model):
+        full_precision = outputs()
+    return [
+        {
+            "layer": name,
+            "depth": depth,
+            "relative_perturbation": float((q - f).norm() / f.norm().clamp_min(1e-12)),
+        }
+        for depth, ((name, _), q, f) in enumerate(zip(layers, quantized, full_precision, strict=True))
+    ]
+
+
+def summarize(rows: list[dict[str, Any]], prop: list[dict[str, Any]]) -> dict[str, float]:
+    """Scalar summaries for the runs table: means over layers, and the perturbation at the output."""
+    out: dict[str, float] = {}
+    for kind in ("weight", "act"):
+        values = [r[kind] for r in rows if kind in r]
+        for key in ("var_ratio", "var_ratio_all", "ks", "corr", "clipped_fraction"):
+            vals = [v[key] for v in values if np.isfinite(v.get(key, np.nan))]
+            out[f"noise.{kind}.{key}"] = float(np.mean(vals)) if vals else float("nan")
+    weights = [r["weight"] for r in rows if "weight" in r]
+    if weights:
+        out["noise.weight.sum_sq"] = float(sum(w["sum_sq"] for w in weights))
+        out["noise.weight.predicted_sum_sq"] = float(sum(w["predicted_sum_sq"] for w in weights))
+    if prop:
+        out["noise.propagation.output"] = prop[-1]["relative_perturbation"]
+        out["noise.propagation.mean"] = float(np.mean([p["relative_perturbation"] for p in prop]))
+    return out

@@ -1,0 +1,283 @@
+"""Sharpness measures of Jiang et al. (2019), "Fantastic generalization measures" §C, on the
+deployed (or latent) weights of a :class:`~qgen.measures.deployed.DeployedModel`.
+
+PAC-Bayes σ′ (Jiang Eq. 48-53, reference code ``_pacbayes_sigma``): the largest σ such that the
+training accuracy of the network with weights w + u, u ~ N(0, σ²I), averaged over Monte-Carlo
+draws, deviates from the unperturbed accuracy by ``target`` (0.1 ± ``tolerance``); found by
+bisection on [lower, upper]. Magnitude-aware (Eq. 56-61): u_i ~ N(0, σ²w_i² + ε²).
+
+The known trap: the reference code draws ``torch.normal(0, sigma**2)``, whose second argument is a
+*standard deviation*, so its noise has std σ² while its bounds use σ. Here the draws have standard
+deviation σ (and √(σ²w_i² + ε²)), matching the bounds; the tests pin this down.
+
+Draws use common random numbers: one set of standard-normal draws z is fixed per search (seeded)
+and scaled by each candidate σ, so the estimated deviation is monotone in σ and the search is
+deterministic. All draws of a bisection step are evaluated in one batched pass (``torch.func.vmap``
+over stacked weights); ``batched=False`` evaluates one draw at a time (the benchmark's baseline).
+
+Worst-case sharpness α′ (reconstruction, papers.md §7 [M]): the largest α such that
+max_{|u_i| ≤ α} err(w + u) − err(w) ≤ ``target``; the inner maximum is approximated by projected
+(sign-)gradient ascent on the cross-entropy from a random start in the box, keeping the worst
+error seen; α by bisection. Magnitude-aware: |u_i| ≤ α|w_i| + ε. Using the error (not the loss)
+increase, the sign-gradient steps (size 2.5α/steps), the geometric bisection and its range are
+our choices, all configurable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from qgen.measures.deployed import DeployedModel
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class Search:
+    """Result of a bisection: the value found and the (value, statistic) of every step."""
+
+    value: float
+    steps: list[dict[str, float]] = field(default_factory=list)
+    converged: bool = False
+
+
+@torch.no_grad()
+def accuracy(
+    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights | None = None, chunk: int = 1024
+) -> float:
+    correct = 0
+    for i in range(0, len(y), chunk):
+        correct += int((model(x[i : i + chunk], weights).argmax(-1) == y[i : i + chunk]).sum())
+    return correct / len(y)
+
+
+@torch.no_grad()
+def perturbed_accuracies(
+    model: DeployedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: Weights,
+    noise: Weights,
+    batched: bool = True,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Accuracy of w + noise[d] for every draw d (noise tensors have a leading draw dimension)."""
+    draws = next(iter(noise.values())).shape[0]
+    correct = torch.zeros(draws, dtype=torch.float64)
+    if batched:
+        stacked = {n: weights[n].unsqueeze(0) + noise[n] for n in weights}
+        for i in range(0, len(y), chunk):
+            xb, yb = x[i : i + chunk], y[i : i + chunk]
+            logits = vmap(lambda p, xb=xb: model(xb, p))(stacked)
+            correct += (logits.argmax(-1) == yb).sum(-1).double()
+    else:
+        for d in range(draws):
+            perturbed = {n: weights[n] + noise[n][d] for n in weights}
+            for i in range(0, len(y), chunk):
+                logits = model(x[i : i + chunk], perturbed)
+                correct[d] += float((logits.argmax(-1) == y[i : i + chunk]).sum())
+    return correct / len(y)
+
+
+def pacbayes_sigma(
+    model: DeployedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    magnitude_eps: float | None = None,
+    lower: float = 0.0,
+    upper: float = 2.0,
+    depth: int = 15,
+    draws: int = 10,
+    target: float = 0.1,
+    tolerance: float = 0.01,
+    seed: int = 0,
+    batched: bool = True,
+    chunk: int = 1024,
+) -> Search:
+    """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``)."""
+    weights = model.weights()
+    base = accuracy(model, x, y, chunk=chunk)
+    gen = torch.Generator().manual_seed(seed)
+    z = {
+        n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device)
+        for n, w in weights.items()
+    }
+    search = Search(value=(lower + upper) / 2)
+    for _ in range(depth):
+        sigma = (lower + upper) / 2
+        if magnitude_eps is None:
+            noise = {n: sigma * z[n] for n in weights}
+        else:  # standard deviation √(σ² w² + ε²), not the variance
+            noise = {n: torch.sqrt(sigma**2 * weights[n] ** 2 + magnitude_eps**2) * z[n] for n in weights}
+        acc = float(perturbed_accuracies(model, x, y, weights, noise, batched, chunk).mean())
+        deviation = abs(acc - base)
+        search.steps.append({"sigma": sigma, "accuracy": acc, "deviation": deviation})
+        search.value = sigma
+        if abs(deviation - target) < tolerance:
+            search.converged = True
+            break
+        if deviation > target:
+            upper = sigma
+        else:
+            lower = sigma
+    return search
+
+
+def _loss_and_error(
+    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights
+) -> tuple[torch.Tensor, float]:
+    logits = model(x, weights)
+    return F.cross_entropy(logits, y), float((logits.argmax(-1) != y).double().mean())
+
+
+def worst_case_increase(
+    model: DeployedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    *,
+    magnitude_eps: float | None = None,
+    steps: int = 10,
+    seed: int = 0,
+) -> float:
+    """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w), by projected sign-gradient ascent."""
+    weights = model.weights()
+    _, base_err = _loss_and_error(model, x, y, weights)
+    bound = {
+        n: (alpha * w.abs() + magnitude_eps) if magnitude_eps is not None else torch.full_like(w, alpha)
+        for n, w in weights.items()
+    }
+    gen = torch.Generator().manual_seed(seed)
+    u = {
+        n: (torch.rand(w.shape, generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * bound[n]
+        for n, w in weights.items()
+    }
+    worst = 0.0
+    for k in range(steps + 1):
+        u = {n: t.detach().requires_grad_(k < steps) for n, t in u.items()}
+        with torch.enable_grad():
+            loss, err = _loss_and_error(model, x, y, {n: weights[n] + u[n] for n in weights})
+        worst = max(worst, err - base_err)
+        if k == steps:
+            break
+        grads = torch.autograd.grad(loss, list(u.values()))
+        u = {
+            n: torch.maximum(torch.minimum(u[n] + 2.5 / steps * bound[n] * g.sign(), bound[n]), -bound[n])
+            for (n, g) in zip(u, grads, strict=True)
+        }
+    return worst
+
+
+def average_case_increase(
+    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, alpha: float, *, draws: int = 10, seed: int = 0
+) -> float:
+    """Mean over u uniform in the box |u_i| ≤ α of err(w + u) − err(w)."""
+    weights = model.weights()
+    base_err = 1 - accuracy(model, x, y)
+    gen = torch.Generator().manual_seed(seed)
+    noise = {
+        n: (torch.rand((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * alpha
+        for n, w in weights.items()
+    }
+    return float((1 - perturbed_accuracies(model, x, y, weights, noise)).mean()) - base_err
+
+
+def worst_case_alpha(
+    model: DeployedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    magnitude_eps: float | None = None,
+    lower: float = 1e-5,
+    upper: float = 1.0,
+    depth: int = 15,
+    steps: int = 10,
+    target: float = 0.1,
+    tolerance: float = 0.01,
+    seed: int = 0,
+) -> Search:
+    """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``).
+
+    The bisection is geometric (midpoint √(lower·upper)): α′ ranges over orders of magnitude
+    between models, and a linear bisection spends most of its steps far above it.
+    """
+    if lower <= 0:
+        raise ValueError("the geometric bisection of worst_case_alpha needs lower > 0")
+    search = Search(value=math.sqrt(lower * upper))
+    for _ in range(depth):
+        alpha = math.sqrt(lower * upper)
+        increase = worst_case_increase(
+            model, x, y, alpha, magnitude_eps=magnitude_eps, steps=steps, seed=seed
+        )
+        search.steps.append({"alpha": alpha, "increase": increase})
+        search.value = alpha
+        if abs(increase - target) < tolerance:
+            search.converged = True
+            break
+        if increase > target:
+            upper = alpha
+        else:
+            lower = alpha
+    return search
+
+
+def _vec(weights: Weights) -> torch.Tensor:
+    return torch.cat([w.reshape(-1) for w in weights.values()]).double()
+
+
+def adjust(name: str, value: float, m: int) -> float:
+    """Jiang et al.'s size normalization: √(value/m), or ½(value − log m) for log-measures."""
+    if name.startswith("log_") or ".log_" in name:
+        return 0.5 * (value - math.log(m))
+    return math.sqrt(value / m) if value >= 0 else float("nan")
+
+
+def pacbayes_measures(
+    weights: Weights, init: Weights, sigma: float, mag_sigma: float, m: int, magnitude_eps: float
+) -> dict[str, float]:
+    """Jiang Eq. 48, 49, 53 (plain) and 56, 57, 61 (magnitude-aware), size-normalized."""
+    w, d = _vec(weights), _vec(weights) - _vec(init)
+    omega = w.numel()
+
+    def bound(ref: torch.Tensor) -> float:
+        return float(ref.norm() ** 2 / (4 * sigma**2) + math.log(m / sigma) + 10)
+
+    def mag_bound(ref: torch.Tensor) -> float:
+        num = magnitude_eps**2 + (mag_sigma**2 + 1) * ref.norm() ** 2 / omega
+        den = magnitude_eps**2 + mag_sigma**2 * d**2  # (w_i − w0_i)² for both, as papers.md §7 states
+        return float(0.25 * torch.log(num / den).sum() + math.log(m / mag_sigma) + 10)
+
+    raw = {
+        "pacbayes.init": bound(d),  # Eq. 48
+        "pacbayes.orig": bound(w),  # Eq. 49
+        "pacbayes.flatness": 1 / sigma**2,  # Eq. 53
+        "pacbayes.mag.init": mag_bound(d),  # Eq. 56
+        "pacbayes.mag.orig": mag_bound(w),  # Eq. 57
+        "pacbayes.mag.flatness": 1 / mag_sigma**2,  # Eq. 61
+    }
+    return {k: adjust(k, v, m) for k, v in raw.items()}
+
+
+def sharpness_measures(
+    weights: Weights, init: Weights, alpha: float, mag_alpha: float, m: int
+) -> dict[str, float]:
+    """Worst-case sharpness measures (papers.md §7 [M]: reconstruction), size-normalized."""
+    w, d = _vec(weights), _vec(weights) - _vec(init)
+    omega = w.numel()
+
+    def bound(ref: torch.Tensor) -> float:
+        return float(ref.norm() ** 2 * math.log(2 * omega) / (4 * alpha**2) + math.log(m / alpha) + 10)
+
+    raw = {
+        "sharpness.init": bound(d),
+        "sharpness.orig": bound(w),
+        "sharpness.flatness": 1 / alpha**2,
+        "sharpness.mag.flatness": 1 / mag_alpha**2,
+    }
+    return {k: adjust(k, v, m) for k, v in raw.items()}
