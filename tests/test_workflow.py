@@ -16,6 +16,11 @@ from tests.conftest import REPO
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = """
 runtime: {device: cpu, checkpoint_every: 1}
+measures:
+  examples: 400
+  pacbayes: {depth: 8}
+  worst_case: {examples: 300, depth: 8}
+  hessian: {examples: 128, max_probes: 20}
 experiments:
   tiny:
     description: two quantizers x two seeds, three epochs
@@ -83,7 +88,20 @@ def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None
     assert list(csv["bits"]) == ["FP32", "2"] and list(csv["n"]) == [2, 2]
     assert csv["gap_acc_mean"].iloc[0] == pytest.approx(runs[runs["bits"] == "FP32"]["gap_acc"].mean())
     for ext in ("png", "pdf"):
-        assert (built / f"figures/tiny/gap_by_bits.{ext}").stat().st_size > 5000
+        for name in ("gap_by_bits", "measures_by_bits"):
+            assert (built / f"figures/tiny/{name}.{ext}").stat().st_size > 5000
+    measures = (built / "results/tiny/tables/measures_by_bits.md").read_text()
+    assert "σ′" in measures and "tr(H)" in measures
+    assert {
+        "pacbayes.flatness",
+        "pacbayes.mag.flatness",
+        "sharpness.flatness",
+        "hessian.trace",
+        "noise.weight.var_ratio",
+        "norm.path_norm",
+    } <= set(runs.columns)
+    assert runs.loc[runs["bits"] == "2", "noise.weight.var_ratio"].notna().all()
+    assert runs.loc[runs["bits"] == "FP32", "noise.weight.var_ratio"].isna().all()
     assert len((built / "results/runs.tsv").read_text().splitlines()) == 5
     for log in ("logs/prepare_data/digits.log", f"logs/train/{runs['run_id'][0]}.log"):
         assert (built / log).exists()
@@ -119,6 +137,17 @@ def test_editing_runtime_settings_does_not_retrain(built: Path) -> None:
     try:
         dry = snakemake(built, "-n")
         assert "rule train" not in dry.stdout + dry.stderr
+    finally:
+        (built / "tiny.yaml").write_text(text)
+
+
+def test_editing_measure_settings_remeasures_without_retraining(built: Path) -> None:
+    text = (built / "tiny.yaml").read_text()
+    (built / "tiny.yaml").write_text(text.replace("pacbayes: {depth: 8}", "pacbayes: {depth: 9}"))
+    try:
+        dry = snakemake(built, "-n")
+        out = dry.stdout + dry.stderr
+        assert "rule measure" in out and "rule train" not in out and "rule evaluate" not in out
     finally:
         (built / "tiny.yaml").write_text(text)
 

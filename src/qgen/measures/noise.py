@@ -8,7 +8,9 @@ Var(θ) = Δ²/12. For every quantized layer this module measures how well that 
 - ``var_ratio``: Var(θ) / mean(Δ²/12) over the unclipped elements (1 under the model),
   ``var_ratio_all`` over all elements (clipping adds error beyond Δ/2);
 - ``ks``, ``ks_pvalue``: Kolmogorov–Smirnov statistic of θ/Δ against U(−½, ½), unclipped elements;
-- ``corr``: Pearson correlation of θ with v (0 under the independence assumption);
+- ``corr``: Pearson correlation of θ with v. The independence assumption is an approximation: for v
+  spread uniformly over L levels, θ = −(v − q) gives corr = −1/L exactly, so it holds only when many
+  levels are in use;
 - ``clipped_fraction``: fraction of elements outside the grid's range, where |θ| > Δ/2;
 - activations also report ``zero_fraction`` (post-ReLU zeros are represented exactly, θ = 0).
 

@@ -44,6 +44,11 @@ from qgen.measures.sharpness import adjust
 Weights = dict[str, torch.Tensor]
 
 
+def _log(value: float) -> float:
+    """log that gives −inf for 0 (e.g. no distance from initialization) instead of raising."""
+    return math.log(value) if value > 0 else float("-inf")
+
+
 @torch.no_grad()
 def margin(model: DeployedModel, x: torch.Tensor, y: torch.Tensor) -> float:
     """10th-percentile (k = m // 10) of the output margins on (x, y), as in the reference code."""
@@ -84,10 +89,8 @@ def norm_measures(
     pn = path_norm(model, input_shape)
     raw = {
         "norm.inverse_margin": 1 / max(gamma, 1e-12) ** 2,  # 22
-        "norm.log_spec_init_main": log_prod_spec
-        - log_gamma2
-        + math.log(float((dist_fro / spec).sum())),  # 29
-        "norm.log_spec_orig_main": log_prod_spec - log_gamma2 + math.log(fro_over_spec),  # 30
+        "norm.log_spec_init_main": log_prod_spec - log_gamma2 + _log(float((dist_fro / spec).sum())),  # 29
+        "norm.log_spec_orig_main": log_prod_spec - log_gamma2 + _log(fro_over_spec),  # 30
         "norm.log_prod_of_spec_over_margin": log_prod_spec - log_gamma2,  # 31
         "norm.log_prod_of_spec": log_prod_spec,  # 32
         "norm.fro_over_spec": fro_over_spec,  # 33
