@@ -58,6 +58,7 @@ def measure_run(
     m = len(y)
     pb, wc = settings["pacbayes"], settings["worst_case"]
     pb_args = {k: pb[k] for k in ("lower", "upper", "depth", "draws", "target", "tolerance")}
+    pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
     sigma = sharpness.pacbayes_sigma(view, x, y, seed=seed, **pb_args)
     mag_sigma = sharpness.pacbayes_sigma(view, x, y, magnitude_eps=pb["magnitude_eps"], seed=seed, **pb_args)
     lap("pacbayes")

@@ -12,8 +12,10 @@ deviation σ (and √(σ²w_i² + ε²)), matching the bounds; the tests pin thi
 
 Draws use common random numbers: one set of standard-normal draws z is fixed per search (seeded)
 and scaled by each candidate σ, so the estimated deviation is monotone in σ and the search is
-deterministic. All draws of a bisection step are evaluated in one batched pass (``torch.func.vmap``
-over stacked weights); ``batched=False`` evaluates one draw at a time (the benchmark's baseline).
+deterministic. With ``batched=True`` all draws of a bisection step are evaluated in one pass
+(``torch.func.vmap`` over stacked weights), which removes per-draw launch overhead on a GPU; with
+``batched=False`` one draw at a time, each draw still one forward over a large chunk of the training
+set (faster on CPU, see benchmarks/pacbayes_draws.py). Both evaluate the same draws.
 
 Worst-case sharpness α′ (reconstruction, papers.md §7 [M]): the largest α such that
 max_{|u_i| ≤ α} err(w + u) − err(w) ≤ ``target``; the inner maximum is approximated by projected
