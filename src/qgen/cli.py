@@ -51,6 +51,21 @@ def _data_for(meta_path: str, spec: dict[str, Any]):
     return load_prepared(Path(meta_path).parent, expected)
 
 
+def _provenance(
+    run_id: str, seed: int, run_cfg: dict[str, Any], device: Any, data: Any, **extra: Any
+) -> dict:
+    from qgen import provenance
+
+    return provenance.record(
+        run_id=run_id,
+        seed=seed,
+        runtime=run_cfg,
+        **provenance.device_info(device),
+        data={"name": data.name, "checksum": data.checksum},
+        **extra,
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from qgen.experiments import expand_config
 
@@ -96,7 +111,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qgen import provenance, runtime
+    from qgen import runtime
     from qgen.train import save_model, train_run
 
     record = json.loads(args.spec) if args.spec.lstrip().startswith("{") else qio.read_json(args.spec)
@@ -107,12 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_model).parent
     t0 = time.perf_counter()
     model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
-    prov = provenance.record(
-        run_id=rid,
-        seed=spec["seed"],
-        runtime=run_cfg,
-        **provenance.device_info(device),
-        data={"name": data.name, "checksum": data.checksum},
+    prov = _provenance(
+        rid,
+        spec["seed"],
+        run_cfg,
+        device,
+        data,
         wall_seconds=round(time.perf_counter() - t0, 3),
     )
     save_model(args.out_model, model, init_state, spec, rid, result, prov)
@@ -126,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from qgen import provenance, runtime
+    from qgen import runtime
     from qgen.measures.gap import generalization_metrics
     from qgen.models import model_from_payload, read_model_file
 
@@ -141,12 +156,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = generalization_metrics(model, data, device)
     if fit["status"] == "diverged":
         metrics = {k: float("nan") for k in metrics}
-    prov = provenance.record(
-        run_id=payload["run_id"],
-        seed=payload["spec"]["seed"],
-        runtime=run_cfg,
-        **provenance.device_info(device),
-        data={"name": data.name, "checksum": data.checksum},
+    prov = _provenance(
+        payload["run_id"],
+        payload["spec"]["seed"],
+        run_cfg,
+        device,
+        data,
         wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
         resumed_from_epoch=resumed,
         train_provenance=payload["provenance"],
@@ -166,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from qgen import provenance, runtime
+    from qgen import runtime
     from qgen.config import measures_schema, validate
     from qgen.measures.run import measure_run
     from qgen.models import read_model_file
@@ -182,12 +197,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if status == "completed":
         body = measure_run(payload, data, settings, device)
     timings = body.pop("timings", {})
-    prov = provenance.record(
-        run_id=payload["run_id"],
-        seed=payload["spec"]["seed"],
-        runtime=run_cfg,
-        **provenance.device_info(device),
-        data={"name": data.name, "checksum": data.checksum},
+    prov = _provenance(
+        payload["run_id"],
+        payload["spec"]["seed"],
+        run_cfg,
+        device,
+        data,
         wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
     )
     qio.write_json(args.out, {"run_id": payload["run_id"], "status": status, **body, "provenance": prov})
@@ -213,6 +228,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     gap_vs_bits(df, Path(args.figures_dir) / "gap_by_bits", args.experiment)
     measures_vs_bits(df, Path(args.figures_dir) / "measures_by_bits", f"{args.experiment}: sharpness")
     return 0
+
+
+def _model_step(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    """A step that reads a trained model.pt and its prepared data and writes one JSON file."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-meta", required=True)
+    p.add_argument("--out", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,20 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, cross-entropy and gap of a trained (quantized) model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data-meta", required=True)
-    p.add_argument("--out", required=True)
-    _add_runtime(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("measure", help="noise, sharpness, Hessian and norm measures of a trained model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data-meta", required=True)
+    _model_step(
+        sub, "evaluate", "accuracy, cross-entropy and gap of a trained (quantized) model", cmd_evaluate
+    )
+    p = _model_step(
+        sub, "measure", "noise, sharpness, Hessian and norm measures of a trained model", cmd_measure
+    )
     p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
-    p.add_argument("--out", required=True)
-    _add_runtime(p)
-    p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")
     p.add_argument("--experiment", required=True)

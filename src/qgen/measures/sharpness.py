@@ -28,6 +28,7 @@ our choices, all configurable.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,38 @@ class Search:
     value: float
     steps: list[dict[str, float]] = field(default_factory=list)
     converged: bool = False
+
+
+def bisect(
+    statistic: Callable[[float], tuple[float, dict[str, float]]],
+    lower: float,
+    upper: float,
+    *,
+    depth: int,
+    target: float,
+    tolerance: float,
+    geometric: bool = False,
+) -> Search:
+    """The scale at which a statistic that grows with it reaches ``target`` ± ``tolerance``.
+
+    ``statistic(scale)`` returns (value, record of the step). Too large a value lowers the upper end,
+    too small raises the lower end; the midpoint is arithmetic or (``geometric``) √(lower·upper).
+    After ``depth`` steps without reaching the target the last midpoint is returned, unconverged.
+    """
+    search = Search(value=lower)
+    for _ in range(depth):
+        mid = math.sqrt(lower * upper) if geometric else (lower + upper) / 2
+        value, record = statistic(mid)
+        search.steps.append(record)
+        search.value = mid
+        if abs(value - target) < tolerance:
+            search.converged = True
+            break
+        if value > target:
+            upper = mid
+        else:
+            lower = mid
+    return search
 
 
 @torch.no_grad()
@@ -110,25 +143,16 @@ def pacbayes_sigma(
         n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device)
         for n, w in weights.items()
     }
-    search = Search(value=(lower + upper) / 2)
-    for _ in range(depth):
-        sigma = (lower + upper) / 2
+
+    def deviation(sigma: float) -> tuple[float, dict[str, float]]:
         if magnitude_eps is None:
             noise = {n: sigma * z[n] for n in weights}
         else:  # standard deviation √(σ² w² + ε²), not the variance
             noise = {n: torch.sqrt(sigma**2 * weights[n] ** 2 + magnitude_eps**2) * z[n] for n in weights}
         acc = float(perturbed_accuracies(model, x, y, weights, noise, batched, chunk).mean())
-        deviation = abs(acc - base)
-        search.steps.append({"sigma": sigma, "accuracy": acc, "deviation": deviation})
-        search.value = sigma
-        if abs(deviation - target) < tolerance:
-            search.converged = True
-            break
-        if deviation > target:
-            upper = sigma
-        else:
-            lower = sigma
-    return search
+        return abs(acc - base), {"sigma": sigma, "accuracy": acc, "deviation": abs(acc - base)}
+
+    return bisect(deviation, lower, upper, depth=depth, target=target, tolerance=tolerance)
 
 
 def _loss_and_error(
@@ -211,22 +235,12 @@ def worst_case_alpha(
     """
     if lower <= 0:
         raise ValueError("the geometric bisection of worst_case_alpha needs lower > 0")
-    search = Search(value=math.sqrt(lower * upper))
-    for _ in range(depth):
-        alpha = math.sqrt(lower * upper)
-        increase = worst_case_increase(
-            model, x, y, alpha, magnitude_eps=magnitude_eps, steps=steps, seed=seed
-        )
-        search.steps.append({"alpha": alpha, "increase": increase})
-        search.value = alpha
-        if abs(increase - target) < tolerance:
-            search.converged = True
-            break
-        if increase > target:
-            upper = alpha
-        else:
-            lower = alpha
-    return search
+
+    def increase(alpha: float) -> tuple[float, dict[str, float]]:
+        value = worst_case_increase(model, x, y, alpha, magnitude_eps=magnitude_eps, steps=steps, seed=seed)
+        return value, {"alpha": alpha, "increase": value}
+
+    return bisect(increase, lower, upper, depth=depth, target=target, tolerance=tolerance, geometric=True)
 
 
 def _vec(weights: Weights) -> torch.Tensor:

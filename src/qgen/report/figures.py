@@ -66,35 +66,24 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
         if not len(ok):
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
             continue
-        sns.stripplot(
-            data=ok,
-            x="bits",
-            y=metric,
-            hue="model_label",
-            order=order,
-            hue_order=hue_order,
-            dodge=dodge,
-            alpha=0.45,
-            size=4,
-            jitter=0.15,
-            palette=palette,
-            ax=ax,
-            legend=False,
-        )
+        common = {
+            "data": ok,
+            "x": "bits",
+            "y": metric,
+            "hue": "model_label",
+            "order": order,
+            "hue_order": hue_order,
+            "palette": palette,
+            "ax": ax,
+        }
+        sns.stripplot(**common, dodge=dodge, alpha=0.45, size=4, jitter=0.15, legend=False)
         sns.pointplot(
-            data=ok,
-            x="bits",
-            y=metric,
-            hue="model_label",
-            order=order,
-            hue_order=hue_order,
+            **common,
             dodge=0.4 if dodge else False,
             errorbar="sd",
             capsize=0.1,
             markers="D",
             linestyle="-",
-            palette=palette,
-            ax=ax,
             legend=ax is axes[-1],
         )
         ax.set_xlabel("bit width (weights)")
