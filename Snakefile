@@ -18,6 +18,8 @@ rule all:
     default_target: True
     input:
         "results/runs.tsv",
+        expand("results/{experiment}/claims.json", experiment=EXPERIMENTS),
+        expand("reports/{experiment}.html", experiment=EXPERIMENTS),
         expand(
             "results/{experiment}/tables/{table}.{ext}",
             experiment=EXPERIMENTS,
@@ -27,6 +29,6 @@ rule all:
         expand(
             "figures/{experiment}/{figure}.{ext}",
             experiment=EXPERIMENTS,
-            figure=["gap_by_bits", "measures_by_bits"],
+            figure=["gap_by_bits", "measures_by_bits", "correlation", "bound_vs_gap", "regularization"],
             ext=["png", "pdf"],
         ),

@@ -66,13 +66,18 @@ def test_fused_gradients_equal_the_lsq_reference(v, s, bits, signed, g) -> None:
     upstream = torch.linspace(-1, 1, v.numel(), dtype=torch.float64)
     (fake_quantize(v1, s1, qn, qp, g) * upstream).sum().backward()
     (lsq_reference(v2, s2, qn, qp, g) * upstream).sum().backward()
-    # At exactly v/s = −Q_N or Q_P the paper's STE (Eq. 5, inclusive) passes the gradient while
-    # torch.clamp's backward does not; everywhere else the two must agree.
-    x = v1.detach() / s
-    boundary = (x == -qn) | (x == qp)
-    assert torch.allclose(v1.grad[~boundary], v2.grad[~boundary])
-    assert torch.all(v1.grad[boundary] == upstream[boundary])
+    assert torch.allclose(v1.grad, v2.grad)
     assert torch.allclose(s1.grad, s2.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_values_exactly_at_the_range_ends_count_as_clipped() -> None:
+    """LSQ Eq. 3/5: at v/s = Q_P the STE passes nothing and the step gradient is Q_P."""
+    qn, qp = int_range(3, signed=True)
+    s = torch.tensor([0.5], requires_grad=True)
+    v = torch.tensor([qp * 0.5, -qn * 0.5], requires_grad=True)
+    fake_quantize(v, s, qn, qp).sum().backward()
+    assert v.grad.tolist() == [0.0, 0.0]
+    assert s.grad.item() == pytest.approx(qp - qn)
 
 
 def test_ste_gradient_is_identity_inside_and_zero_outside() -> None:

@@ -132,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     save_model(args.out_model, model, init_state, spec, rid, result, prov)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if args.out_metrics:  # evaluate in the same process (saves one interpreter start per run)
+        evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device)
     print(
         f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
         f"train CE {result.final_train_ce:.4f}",
@@ -142,14 +144,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qgen import runtime
+
+    run_cfg = _runtime(args)
+    evaluate_model_file(args.model, args.data_meta, args.out, run_cfg, runtime.configure(run_cfg))
+    return 0
+
+
+def evaluate_model_file(
+    model_path: str, data_meta: str, out: str, run_cfg: dict[str, Any], device: Any
+) -> None:
+    """Write metrics.json: metrics of the quantized model, its training outcome and provenance."""
     from qgen.measures.gap import generalization_metrics
     from qgen.models import model_from_payload, read_model_file
 
-    run_cfg = _runtime(args)
-    device = runtime.configure(run_cfg)
     t0 = time.perf_counter()
-    payload = read_model_file(args.model)
-    data = _data_for(args.data_meta, payload["spec"])
+    payload = read_model_file(model_path)
+    data = _data_for(data_meta, payload["spec"])
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
@@ -167,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         train_provenance=payload["provenance"],
     )
     qio.write_json(
-        args.out,
+        out,
         {
             "run_id": payload["run_id"],
             "status": fit.pop("status"),
@@ -177,7 +187,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "provenance": prov,
         },
     )
-    return 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -217,16 +226,53 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from qgen.analysis.run import analyse
+    from qgen.config import analysis_schema, validate
+    from qgen.report.collect import read_runs
+
+    settings = validate(json.loads(args.settings), analysis_schema(), where="analysis settings")
+    result = analyse(read_runs(args.runs), args.out_dir, settings, args.experiment)
+    for claim in result["claims"]:
+        print(f"{claim['claim']}: {'pass' if claim['pass'] else 'FAIL'}", file=sys.stderr)
+    return 0
+
+
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from qgen.report.notebook import execute_to_html
+
+    execute_to_html(args.notebook, args.experiment, args.out)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from qgen.report.collect import read_runs
     from qgen.report.figures import gap_vs_bits, measures_vs_bits
     from qgen.report.tables import gap_by_bits, write_gap_tables, write_measure_tables
 
     df = read_runs(args.runs)
+    figures = Path(args.figures_dir)
     write_gap_tables(gap_by_bits(df), args.tables_dir, args.experiment)
     write_measure_tables(df, args.tables_dir, args.experiment)
-    gap_vs_bits(df, Path(args.figures_dir) / "gap_by_bits", args.experiment)
-    measures_vs_bits(df, Path(args.figures_dir) / "measures_by_bits", f"{args.experiment}: sharpness")
+    gap_vs_bits(df, figures / "gap_by_bits", args.experiment)
+    measures_vs_bits(df, figures / "measures_by_bits", f"{args.experiment}: sharpness")
+    if args.analysis_dir:
+        import pandas as pd
+
+        from qgen.report.figures import bound_vs_gap, correlation_heatmap, regularization_check
+
+        analysis = Path(args.analysis_dir)
+        correlation_heatmap(
+            pd.read_csv(analysis / "correlation.csv"), figures / "correlation", args.experiment
+        )
+        bound_vs_gap(
+            pd.read_csv(analysis / "bound_runs.csv", dtype={"bits": str}),
+            figures / "bound_vs_gap",
+            args.experiment,
+        )
+        regularization_check(
+            pd.read_csv(analysis / "regularization.csv"), figures / "regularization", args.experiment
+        )
     return 0
 
 
@@ -274,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-meta", required=True)
     p.add_argument("--out-model", required=True)
     p.add_argument("--out-log", required=True)
+    p.add_argument("--out-metrics", help="also evaluate the trained model into this metrics.json")
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
@@ -292,11 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measures", nargs="*", default=[], help="measures.json files, matched to runs by run id")
     p.set_defaults(func=cmd_collect)
 
+    p = sub.add_parser(
+        "analyse", help="correlation, bound, regularization check and claims of one experiment"
+    )
+    p.add_argument("--runs", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--settings", default="{}", help="the config's analysis section as JSON")
+    p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("notebook", help="execute the report notebook of one experiment into HTML")
+    p.add_argument("--notebook", default="notebooks/report.py")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_notebook)
+
     p = sub.add_parser("report", help="tables and figures of one experiment")
     p.add_argument("--runs", required=True)
     p.add_argument("--experiment", required=True)
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--figures-dir", required=True)
+    p.add_argument("--analysis-dir", help="folder with the analyse step's outputs (adds their figures)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -75,13 +75,21 @@ def validate(instance: Any, schema: dict[str, Any] | None = None, where: str = "
 
 
 def run_spec_schema() -> dict[str, Any]:
+    return defs_schema("run_spec")
+
+
+def defs_schema(name: str) -> dict[str, Any]:
+    """The schema of one ``$defs`` entry (e.g. ``measures``, ``analysis``), for validating a section."""
     schema = load_schema()
-    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/run_spec"}
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}
 
 
 def measures_schema() -> dict[str, Any]:
-    schema = load_schema()
-    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/measures"}
+    return defs_schema("measures")
+
+
+def analysis_schema() -> dict[str, Any]:
+    return defs_schema("analysis")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

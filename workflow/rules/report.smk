@@ -35,14 +35,48 @@ rule collect:
         " --measures {input.measures:q} 2> {log:q}"
 
 
+rule analyse:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        correlation="results/{experiment}/correlation.csv",
+        bound="results/{experiment}/bound.csv",
+        bound_runs="results/{experiment}/bound_runs.csv",
+        regularization="results/{experiment}/regularization.csv",
+        claims="results/{experiment}/claims.json",
+        claims_table="results/{experiment}/tables/claims.md",
+    params:
+        settings=lambda wildcards: json.dumps(config["analysis"], sort_keys=True),
+    log:
+        "logs/analyse/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "qgen analyse --runs {input.runs:q} --experiment {wildcards.experiment} --settings {params.settings:q}"
+        " --out-dir $(dirname {output.claims:q}) 2> {log:q}"
+
+
 rule report:
     input:
         runs="results/{experiment}/runs.csv",
+        correlation="results/{experiment}/correlation.csv",
+        bound_runs="results/{experiment}/bound_runs.csv",
+        regularization="results/{experiment}/regularization.csv",
     output:
         tables=multiext("results/{experiment}/tables/gap_by_bits", ".md", ".csv", ".tex"),
         measure_tables=multiext("results/{experiment}/tables/measures_by_bits", ".md", ".csv", ".tex"),
         figures=multiext("figures/{experiment}/gap_by_bits", ".png", ".pdf"),
         measure_figures=multiext("figures/{experiment}/measures_by_bits", ".png", ".pdf"),
+        analysis_figures=expand(
+            "figures/{{experiment}}/{name}.{ext}",
+            name=["correlation", "bound_vs_gap", "regularization"],
+            ext=["png", "pdf"],
+        ),
     log:
         "logs/report/{experiment}.log",
     conda:
@@ -54,4 +88,27 @@ rule report:
         runtime=10,
     shell:
         "qgen report --runs {input.runs:q} --experiment {wildcards.experiment}"
-        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q}) 2> {log:q}"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " --analysis-dir $(dirname {input.correlation:q}) 2> {log:q}"
+
+
+rule notebook:
+    input:
+        notebook="notebooks/report.py",
+        runs="results/{experiment}/runs.csv",
+        claims="results/{experiment}/claims.json",
+        figures=rules.report.output,
+    output:
+        html="reports/{experiment}.html",
+    log:
+        "logs/notebook/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "qgen notebook --notebook {input.notebook:q} --experiment {wildcards.experiment} --out {output.html:q}"
+        " 2> {log:q}"

@@ -1,4 +1,5 @@
-# Per-run work: train (resumable), evaluate and measure the quantized model. Each run's files are DAG
+# Per-run work: train (resumable) and evaluate the quantized model in one process (one interpreter start
+# per run saved; `qgen evaluate` does the evaluation alone), then measure it. Each run's files are DAG
 # targets; measure settings are params of `measure` only, so changing them never retrains.
 
 
@@ -8,6 +9,7 @@ rule train:
     output:
         model="results/runs/{run_id}/model.pt",
         log_csv="results/runs/{run_id}/train_log.csv",
+        metrics="results/runs/{run_id}/metrics.json",
     params:
         spec=run_spec_json,
     log:
@@ -20,26 +22,7 @@ rule train:
         runtime=120,
     shell:
         "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
-        " --out-log {output.log_csv:q} --threads {threads} 2> {log:q}"
-
-
-rule evaluate:
-    input:
-        unpack(run_data),
-        model="results/runs/{run_id}/model.pt",
-    output:
-        metrics="results/runs/{run_id}/metrics.json",
-    log:
-        "logs/evaluate/{run_id}.log",
-    conda:
-        "../../environment.yml"
-    threads: RUNTIME["threads"]
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "qgen evaluate --model {input.model:q} --data-meta {input.meta:q} --out {output.metrics:q}"
-        " --threads {threads} 2> {log:q}"
+        " --out-log {output.log_csv:q} --out-metrics {output.metrics:q} --threads {threads} 2> {log:q}"
 
 
 rule measure:

@@ -22,13 +22,13 @@ import contextlib
 import copy
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from qgen.quant import QuantModule, quant_layers
+from qgen.quant import Quantizer, QuantModule, quant_layers
 
 MODES = ("effective", "latent")
 
@@ -40,6 +40,9 @@ class DeployedModel:
     module: nn.Module
     weight_names: list[str]
     mode: str
+    #: quantization step Δ of each quantized weight, in the coordinates of the measured weights
+    #: (broadcastable to the weight; per-channel after BatchNorm folding scales the grid)
+    steps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def weights(self) -> dict[str, torch.Tensor]:
         params = dict(self.module.named_parameters())
@@ -54,7 +57,8 @@ class DeployedModel:
         return sum(w.numel() for w in self.weights().values())
 
 
-def _fold_batchnorm(layer: QuantModule, bn: nn.modules.batchnorm._BatchNorm) -> None:
+def _fold_batchnorm(layer: QuantModule, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """Fold ``bn`` into ``layer`` in place; returns the per-channel scale γ/√(σ²+ε)."""
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     shape = (-1,) + (1,) * (layer.weight.ndim - 1)
     bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(bn.running_mean)
@@ -64,18 +68,20 @@ def _fold_batchnorm(layer: QuantModule, bn: nn.modules.batchnorm._BatchNorm) -> 
         layer.bias = nn.Parameter(new_bias)
     else:
         layer.bias.data = new_bias
+    return scale
 
 
-def _fold_all(module: nn.Module) -> None:
-    """Fold every BatchNorm that directly follows a quantized layer inside a Sequential."""
+def _fold_all(module: nn.Module, scales: dict[int, torch.Tensor]) -> None:
+    """Fold every BatchNorm that directly follows a quantized layer inside a Sequential; record each
+    folded layer's scale in ``scales`` (keyed by the layer's id)."""
     for child in module.children():
         if isinstance(child, nn.Sequential):
             items = list(child.named_children())
             for (_, prev), (name, cur) in itertools.pairwise(items):
                 if isinstance(prev, QuantModule) and isinstance(cur, nn.modules.batchnorm._BatchNorm):
-                    _fold_batchnorm(prev, cur)
+                    scales[id(prev)] = _fold_batchnorm(prev, cur)
                     setattr(child, name, nn.Identity())
-        _fold_all(child)
+        _fold_all(child, scales)
 
 
 @torch.no_grad()
@@ -84,15 +90,25 @@ def deploy(model: nn.Module, mode: str = "effective") -> DeployedModel:
     if mode not in MODES:
         raise ValueError(f"unknown perturbation mode {mode!r}; known: {', '.join(MODES)}")
     module = copy.deepcopy(model).eval()
+    steps: dict[str, torch.Tensor] = {}
+    for name, layer in quant_layers(module):
+        if isinstance(layer.weight_quant, Quantizer):
+            steps[f"{name}.weight"] = layer.weight_quant.step_for(layer.weight).detach().clone()
     if mode == "effective":
         for _, layer in quant_layers(module):
             layer.weight.data = layer.weight_quant(layer.weight).detach()
             layer.weight_quant = nn.Identity()
-        _fold_all(module)
+        scales: dict[int, torch.Tensor] = {}
+        _fold_all(module, scales)
+        for name, layer in quant_layers(module):
+            key = f"{name}.weight"
+            if key in steps and id(layer) in scales:
+                shape = (-1,) + (1,) * (layer.weight.ndim - 1)
+                steps[key] = steps[key] * scales[id(layer)].abs().reshape(shape)
     for p in module.parameters():
         p.requires_grad_(False)
     names = [f"{name}.weight" for name, _ in quant_layers(module)]
-    return DeployedModel(module, names, mode)
+    return DeployedModel(module, names, mode, steps)
 
 
 @contextlib.contextmanager

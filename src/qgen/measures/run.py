@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from qgen.data import PreparedData
-from qgen.measures import hessian, noise, norms, sharpness
+from qgen.measures import hessian, noise, noise_model, norms, sharpness
 from qgen.measures.deployed import deploy
 from qgen.models import build_model, model_from_payload
 
@@ -56,6 +56,7 @@ def measure_run(
     init_weights = deploy(init_model, settings["perturb"]).weights()
     x, y = _subset(data.train, settings["examples"], seed, device)
     m = len(y)
+    out["measure.examples"] = float(m)
     pb, wc = settings["pacbayes"], settings["worst_case"]
     pb_args = {k: pb[k] for k in ("lower", "upper", "depth", "draws", "target", "tolerance")}
     pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
@@ -109,6 +110,13 @@ def measure_run(
         }
     )
     lap("hessian")
+    nm = settings["noise_model"]
+    out.update(
+        noise_model.noise_model_measures(
+            view, xh, yh, init_weights, trace.per_layer, draws=nm["draws"], seed=seed
+        )
+    )
+    lap("noise_model")
     out.update(norms.norm_measures(view, init_weights, x, y, data.input_shape))
     lap("norms")
     return {

@@ -2,8 +2,8 @@
 
 Forward (Esser et al. 2020, LSQ, Eq. 1-2):  v̂ = s · clamp(round(v / s), −Q_N, Q_P).
 Backward:
-  ∂v̂/∂v = 1 if −Q_N ≤ v/s ≤ Q_P else 0                        (STE through round, Eq. 5)
-  ∂v̂/∂s = round(v/s) − v/s inside the range, −Q_N or Q_P outside (LSQ, Eq. 3)
+  ∂v̂/∂v = 1 if −Q_N < v/s < Q_P else 0                          (STE through round, Eq. 5)
+  ∂v̂/∂s = round(v/s) − v/s if −Q_N < v/s < Q_P, −Q_N if v/s ≤ −Q_N, Q_P if v/s ≥ Q_P   (LSQ, Eq. 3)
 and the step's gradient is multiplied by the LSQ gradient scale g (Eq. 4).
 
 Writing forward and backward by hand (instead of composing round/clamp with ``detach`` tricks)
@@ -12,9 +12,9 @@ nodes and temporaries, not the arithmetic, dominate the cost. There is no Python
 tensor values, so models built from it trace cleanly under ``torch.compile``
 (``runtime.compile: true``), which fuses the element-wise work.
 
-``torch.round`` rounds halves to even; the closed form used in the tests does the same. The STE
-mask is inclusive at both ends, as in Eq. 5 (``torch.clamp``'s own backward passes no gradient at
-the exact boundary, so :func:`lsq_reference` differs from this function there and only there).
+``torch.round`` rounds halves to even; the closed form used in the tests does the same. The range
+is open for the gradients (a value exactly at −Q_N or Q_P counts as clipped), which is also what
+``torch.clamp``'s backward does, so :func:`lsq_reference` agrees everywhere, boundaries included.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_x: torch.Tensor, _grad_q: torch.Tensor):  # type: ignore[override]
         x, q, s = ctx.saved_tensors
-        inside = (x >= -ctx.qn) & (x <= ctx.qp)
+        inside = (x > -ctx.qn) & (x < ctx.qp)  # strict, as in LSQ Eq. 3 and 5
         grad_v = torch.where(inside, grad, 0.0)
         grad_s = None
         if ctx.needs_input_grad[1]:

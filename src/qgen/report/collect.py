@@ -12,6 +12,13 @@ from qgen.experiments import bits_label, quant_label
 from qgen.io import atomic_open, read_json
 
 SPEC_SECTIONS = ("data", "model", "quant", "optim", "train")
+
+
+def spec_columns(df: pd.DataFrame) -> list[str]:
+    """The flattened run-spec columns (``model.width``, ``quant.weight_bits``, ...) of a runs table."""
+    return [c for c in df.columns if "." in c and c.split(".")[0] in SPEC_SECTIONS]
+
+
 # Columns every runs.csv starts with, in this order; then the flattened spec, then metrics.
 ID_COLUMNS = ["run_id", "experiment", "status", "bits", "quant", "model_label", "seed"]
 
@@ -62,7 +69,7 @@ def collect(
         record["measures"] = measures.get(record["run_id"], {})
         rows.append(run_row(record, experiment))
     df = pd.DataFrame(rows)
-    spec_cols = sorted(c for c in df.columns if c not in ID_COLUMNS and c.split(".")[0] in SPEC_SECTIONS)
+    spec_cols = sorted(spec_columns(df))
     fit_cols = sorted(c for c in df.columns if c.startswith("fit."))
     rest = [c for c in df.columns if c not in {*ID_COLUMNS, *spec_cols, *fit_cols}]
     df = df[ID_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})

@@ -95,3 +95,86 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
     n_div = int((df["status"] == "diverged").sum())
     fig.suptitle(f"{title} — {len(ok)} runs" + (f" (+{n_div} diverged, not shown)" if n_div else ""))
     return save_figure(fig, stem)
+
+
+def correlation_heatmap(
+    corr: pd.DataFrame, stem: str | Path, title: str, gap: str = "gap_acc", top: int = 30
+) -> list[Path]:
+    """Kendall τ, granulated Ψ and each ψ_i of the measures most correlated with ``gap``."""
+    data = corr[corr["gap"] == gap].copy()
+    cols = ["tau", "psi", *[c for c in data.columns if c.startswith("psi[")], "cmi"]
+    data = data.set_index("measure")[cols].astype(float)
+    data = data.reindex(data["tau"].abs().sort_values(ascending=False).index[:top])
+    data.columns = ["τ", "Ψ", *[c[4:-1] for c in cols if c.startswith("psi[")], "CMI"]
+    sns.set_theme(style="white", context="notebook")
+    fig, ax = plt.subplots(
+        figsize=(1.0 * len(data.columns) + 4, 0.32 * len(data) + 1.5), constrained_layout=True
+    )
+    sns.heatmap(
+        data,
+        annot=True,
+        fmt=".2f",
+        cmap="vlag",
+        center=0,
+        vmin=-1,
+        vmax=1,
+        ax=ax,
+        cbar_kws={"label": "rank correlation with the gap"},
+        annot_kws={"size": 8},
+    )
+    ax.set_ylabel("")
+    ax.set_title(f"{title}: measures vs {gap}")
+    return save_figure(fig, stem)
+
+
+def bound_vs_gap(bound_runs: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
+    """Reconstructed QGen bound (and its gap term) against the observed gap, coloured by bit width."""
+    data = bound_runs.dropna(subset=["bound.value"]) if "bound.value" in bound_runs else bound_runs.iloc[0:0]
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    order = bits_order(data["bits"].astype(str)) if len(data) else []
+    for ax, col, label in zip(
+        axes,
+        ["bound.value", "bound.gap_term"],
+        ["bound on the test error", "bound − training error"],
+        strict=True,
+    ):
+        if not len(data):
+            ax.text(
+                0.5, 0.5, "no bound (no quantized runs)", ha="center", va="center", transform=ax.transAxes
+            )
+            continue
+        sns.scatterplot(
+            data=data.assign(bits=data["bits"].astype(str)),
+            x="gap_acc",
+            y=col,
+            hue="bits",
+            hue_order=order,
+            style="model_label",
+            ax=ax,
+            s=40,
+        )
+        ax.set_xlabel("observed gap (train acc − test acc)")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+    fig.suptitle(f"{title}: reconstructed QGen bound vs observed gap")
+    return save_figure(fig, stem)
+
+
+def regularization_check(reg: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
+    """Measured loss increase under uniform quantization noise against the predicted Δ²-term."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    data = reg[(reg["predicted"] > 0) & (reg["measured"] > 0)].copy()
+    data["bits"] = data["bits"].astype(str)
+    sns.scatterplot(data=data, x="predicted", y="measured", hue="bits", style="model", s=50, ax=ax)
+    if len(data):
+        lo, hi = data[["predicted", "measured"]].min().min(), data[["predicted", "measured"]].max().max()
+        ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="measured = predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted: (Δ²/12)·E‖x‖² (least squares), (Δ²/24)·tr(H) (networks)")
+    ax.set_ylabel("measured E_θ[L(w+θ)] − L(w)")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.set_title(f"{title}: quantization noise as a regularizer")
+    return save_figure(fig, stem)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from qgen.io import write_text
-from qgen.report.collect import SPEC_SECTIONS
+from qgen.report.collect import spec_columns
 
 #: Metrics summarized per row of the gap table: column → heading.
 GAP_METRICS = {
@@ -40,7 +40,7 @@ def bits_order(values: pd.Series) -> list[str]:
 def varying_hyperparameters(df: pd.DataFrame) -> list[str]:
     """Spec columns (beyond the quantizer, model name/size and seed) that take more than one value."""
     covered = ("quant.", "model.name", "model.depth", "model.width")  # shown as the quant and model labels
-    cols = [c for c in df.columns if c.split(".")[0] in SPEC_SECTIONS and not c.startswith(covered)]
+    cols = [c for c in spec_columns(df) if not c.startswith(covered)]
     return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 

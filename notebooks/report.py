@@ -1,0 +1,120 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # qgen report
+#
+# Does quantization act as a regularizer, does the noise-conditioned bound track the generalization gap, and
+# which measures predict it? Every number below is read from the pipeline's tables; every table row names the
+# run ids behind it (see `results/<experiment>/`). Readings are generated from the numbers, not written by hand.
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+root = Path(os.environ.get("QGEN_ROOT", "."))
+experiment = os.environ.get("QGEN_EXPERIMENT", "default")
+res = root / "results" / experiment
+fig = root / "figures" / experiment
+runs = pd.read_csv(res / "runs.csv", dtype={"bits": str})
+ok = runs[runs["status"] == "completed"]
+claims = json.loads((res / "claims.json").read_text())["claims"]
+order = ["FP32"] + sorted({b for b in ok["bits"] if b != "FP32"}, key=lambda b: -int(b))
+display(Markdown(f"**Experiment `{experiment}`**: {len(runs)} runs, {len(ok)} completed, "
+                 f"{(runs['status'] == 'diverged').sum()} diverged; bit widths {', '.join(order)}."))
+
+# %% [markdown]
+# ## 1. Generalization gap by bit width
+
+# %%
+display(Markdown((res / "tables" / "gap_by_bits.md").read_text().split("\n", 2)[2]))
+display(Image(filename=str(fig / "gap_by_bits.png")))
+means = ok.groupby("bits")[["gap_acc", "gap_loss", "train_ce"]].mean().reindex(order)
+trend = ", ".join(f"{b}: {means.loc[b, 'gap_acc']:.4f}" for b in order)
+display(Markdown(
+    f"**Reading.** Mean accuracy gap by bit width (all configurations): {trend}. "
+    f"Mean training CE goes from {means['train_ce'].iloc[0]:.4f} (FP32) to {means['train_ce'].iloc[-1]:.4f} "
+    f"({order[-1]} bits). Runs that stop at a training-CE target all reach similar training loss, which limits how "
+    "much quantization can show up as higher training loss."))
+
+# %% [markdown]
+# ## 2. Quantization noise and sharpness
+
+# %%
+display(Markdown((res / "tables" / "measures_by_bits.md").read_text().split("\n", 2)[2]))
+display(Image(filename=str(fig / "measures_by_bits.png")))
+q = ok[ok["bits"] != "FP32"]
+display(Markdown(
+    f"**Reading.** Weight noise has Var(θ)/(Δ²/12) = {q['noise.weight.var_ratio'].mean():.3f} on average "
+    f"(the uniform-noise model predicts 1); activation noise {q['noise.act.var_ratio'].mean():.3f}, "
+    "because post-ReLU zeros are represented exactly. PAC-Bayes σ′ by bit width: "
+    + ", ".join(f"{b}: {ok[ok['bits'] == b]['pacbayes.sigma'].mean():.4f}" for b in order) + "."))
+
+# %% [markdown]
+# ## 3. Which measures predict the gap?
+# Kendall τ over all runs with a bootstrap 95 % interval, the granulated Ψ (mean of per-hyperparameter ψ_i;
+# bit width is one axis) and the conditional-mutual-information score of Jiang et al. (2019).
+
+# %%
+corr = pd.read_csv(res / "correlation.csv")
+acc = corr[corr["gap"] == "gap_acc"]
+top = acc.reindex(acc["tau"].abs().sort_values(ascending=False).index).head(12)
+display(top[["measure", "n", "tau", "tau_lo", "tau_hi", "psi", "cmi", "cmi_condition"]].round(3))
+display(Image(filename=str(fig / "correlation.png")))
+best = top.iloc[0]
+display(Markdown(
+    f"**Reading.** The measure most rank-correlated with the accuracy gap is `{best['measure']}` "
+    f"(τ = {best['tau']:.3f}, 95% CI [{best['tau_lo']:.3f}, {best['tau_hi']:.3f}], Ψ = {best['psi']:.3f}). "
+    "An interval that contains 0 means the ordering is not distinguishable from chance on these runs."))
+
+# %% [markdown]
+# ## 4. The noise-conditioned bound (reconstruction)
+# bound = L̂(Q(w)) + [E_u L̂(w+u) − L̂(w)] + 4√((KL + ln(2m/δ))/m), σ² = Δ²/12 per layer; see
+# `qgen.analysis.bound` for what is reconstructed and the named options.
+
+# %%
+display(Image(filename=str(fig / "bound_vs_gap.png")))
+display(pd.read_csv(res / "bound.csv").round(4))
+bound_runs = pd.read_csv(res / "bound_runs.csv", dtype={"bits": str})
+if "bound.value" in bound_runs and bound_runs["bound.value"].notna().any():
+    display(Markdown(
+        f"**Reading.** The bound ranges from {bound_runs['bound.value'].min():.3g} to "
+        f"{bound_runs['bound.value'].max():.3g} on the test error: with σ² = Δ²/12 the KL term dominates, so the "
+        "bound is vacuous (above 1) at this scale; for QGen's argument what matters is whether it ranks runs "
+        "like the gap (section 3, `bound.value`)."))
+
+# %% [markdown]
+# ## 5. Quantization noise as a regularizer
+# Least squares: E_θ[L(w+θ)] − L(w) = (Δ²/12)·E‖x‖² exactly. Networks: Monte-Carlo loss increase under uniform
+# noise with each layer's Δ against the second-order term (Δ²/24)·tr(H).
+
+# %%
+reg = pd.read_csv(res / "regularization.csv")
+display(Image(filename=str(fig / "regularization.png")))
+ls = reg[reg["model"] == "least squares"]
+nets = reg[reg["model"] != "least squares"]
+display(ls[["bits", "delta", "predicted", "measured", "measured_stderr", "rounding", "ratio"]].round(6))
+display(Markdown(
+    f"**Reading.** Least squares: measured/predicted = {ls['ratio'].min():.3f}–{ls['ratio'].max():.3f} "
+    "(exact up to Monte-Carlo error). "
+    + (f"Trained networks: median measured/predicted = {nets['ratio'].median():.2f} over {len(nets)} runs "
+       "(the second-order term misses higher-order and activation-quantizer effects)." if len(nets) else "")))
+
+# %% [markdown]
+# ## 6. Claim checks
+# Each headline claim as an automated check; a failing claim is reported as failing.
+
+# %%
+display(Markdown((res / "tables" / "claims.md").read_text().split("\n", 2)[2]))
+passed = sum(c["pass"] for c in claims)
+display(Markdown(f"**Reading.** {passed} of {len(claims)} claims pass on `{experiment}`: "
+                 + ", ".join(f"{c['claim']} ({'pass' if c['pass'] else 'fail'})" for c in claims) + "."))
