@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,6 +168,18 @@ def test_uniform_noise_variance_is_delta_squared_over_12(bits) -> None:
     assert stats["corr"] == pytest.approx(-1 / 2**bits, abs=0.01)
 
 
+@pytest.mark.parametrize("n", [50, 2000])
+def test_ks_statistic_and_p_value_match_scipy(n) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(n)
+    for sample in (rng.uniform(-0.5, 0.5, n), rng.normal(0, 0.2, n), rng.uniform(-0.3, 0.5, n)):
+        d, p = noise.ks_uniform(sample)
+        ref = stats.kstest(sample, stats.uniform(loc=-0.5, scale=1).cdf, method="asymp")
+        assert d == pytest.approx(ref.statistic, abs=1e-12)
+        assert p == pytest.approx(ref.pvalue, abs=0.02)
+
+
 def test_clipped_values_are_counted_and_excluded() -> None:
     qn, qp = int_range(2, signed=True)
     step = torch.tensor([1.0])
@@ -243,23 +257,6 @@ def test_measuring_a_run_twice_gives_identical_files(tmp_path, digits_dir, spec_
     spec = spec_factory(model={"width": 16}, train={"max_epochs": 2})
     meta = str(digits_dir / "meta.json")
     run = [sys.executable, "-m", "qgen"]
-    subprocess.run(
-        [
-            *run,
-            "train",
-            "--spec",
-            json.dumps({"run_id": "digits-mlp2x16-lsq_w4a4-00000000", "spec": spec}),
-            "--data-meta",
-            meta,
-            "--out-model",
-            f"{tmp_path}/model.pt",
-            "--out-log",
-            f"{tmp_path}/log.csv",
-            "--device",
-            "cpu",
-        ],
-        check=True,
-    )
     settings = json.dumps(
         {
             "examples": 300,
@@ -268,6 +265,30 @@ def test_measuring_a_run_twice_gives_identical_files(tmp_path, digits_dir, spec_
             "pacbayes": {"depth": 8},
         }
     )
+    cache = tmp_path / "cache.json"
+    env = {**os.environ, "QGEN_MEASURES": settings, "QGEN_RUNTIME": ""}
+    record = json.dumps({"run_id": "digits-mlp2x16-lsq_w4a4-00000000", "spec": spec})
+    subprocess.run(
+        [
+            *run,
+            "train",
+            "--spec",
+            record,
+            "--data-meta",
+            meta,
+            "--out-model",
+            f"{tmp_path}/model.pt",
+            "--out-log",
+            f"{tmp_path}/log.csv",
+            "--device",
+            "cpu",
+            "--measure-cache",
+            str(cache),
+        ],
+        check=True,
+        env=env,
+    )
+    assert cache.exists()
     bodies = []
     for name in ("a", "b"):
         subprocess.run(
@@ -291,6 +312,31 @@ def test_measuring_a_run_twice_gives_identical_files(tmp_path, digits_dir, spec_
         body.pop("provenance")
         bodies.append(body)
     assert bodies[0] == bodies[1]
+    # measures computed inside the training job and adopted by `qgen measure --cache` are the same
+    out = tmp_path / "adopted.json"
+    adopted = subprocess.run(
+        [
+            *run,
+            "measure",
+            "--model",
+            f"{tmp_path}/model.pt",
+            "--data-meta",
+            meta,
+            "--settings",
+            settings,
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "adopted" in adopted.stderr and not cache.exists()
+    body = json.loads(out.read_text())
+    body.pop("provenance")
+    assert body == bodies[0]
     measures = bodies[0]["measures"]
     expected = {
         "pacbayes.init",

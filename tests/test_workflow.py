@@ -105,6 +105,15 @@ def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None
     assert len((built / "results/runs.tsv").read_text().splitlines()) == 5
     for log in ("logs/prepare_data/digits.log", f"logs/train/{runs['run_id'][0]}.log"):
         assert (built / log).exists()
+    # measures were computed inside each training job and adopted by the measure rule
+    assert "adopted" in (built / f"logs/measure/{runs['run_id'][0]}.log").read_text()
+    assert not list((built / "results/runs").glob("*/measures.cache.json"))
+    assert (built / "reports/tiny.html").stat().st_size > 100_000
+    claims = json.loads((built / "results/tiny/claims.json").read_text())["claims"]
+    assert {c["claim"] for c in claims} >= {
+        "gap_shrinks_as_bits_drop",
+        "noise_variance_is_delta_squared_over_12",
+    }
 
 
 def test_metrics_carry_provenance(built: Path) -> None:

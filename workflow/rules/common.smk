@@ -25,12 +25,17 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 # each result records them in its provenance.
 RUNTIME = config["runtime"]
 os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
+# The training job also measures its model (one interpreter start per run instead of two) into a
+# cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
+MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
+os.environ["QGEN_MEASURES"] = MEASURES_JSON
 
 
 # Passed on to jobs in distributed execution.
 envvars:
     "PATH",
     "QGEN_RUNTIME",
+    "QGEN_MEASURES",
 
 
 wildcard_constraints:

@@ -1,6 +1,7 @@
-# Per-run work: train (resumable) and evaluate the quantized model in one process (one interpreter start
-# per run saved; `qgen evaluate` does the evaluation alone), then measure it. Each run's files are DAG
-# targets; measure settings are params of `measure` only, so changing them never retrains.
+# Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
+# rule adopts when its settings and the model file still match (an interpreter start with torch costs
+# more than a small run's training). Each run's files stay separate DAG targets; measure settings are
+# params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
 
 
 rule train:
@@ -22,7 +23,8 @@ rule train:
         runtime=120,
     shell:
         "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
-        " --out-log {output.log_csv:q} --out-metrics {output.metrics:q} --threads {threads} 2> {log:q}"
+        " --out-log {output.log_csv:q} --out-metrics {output.metrics:q}"
+        " --measure-cache $(dirname {output.model:q})/measures.cache.json --threads {threads} 2> {log:q}"
 
 
 rule measure:
@@ -43,4 +45,5 @@ rule measure:
         runtime=60,
     shell:
         "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
-        " --out {output.measures:q} --threads {threads} 2> {log:q}"
+        " --cache $(dirname {input.model:q})/measures.cache.json --out {output.measures:q} --threads {threads}"
+        " 2> {log:q}"

@@ -1,0 +1,203 @@
+"""Analysis: Kendall τ, granulated Ψ, CMI, the reconstructed bound, the regularization check, claims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import kendalltau
+
+from qgen.analysis import bound, claims, regularization
+from qgen.analysis.correlation import (
+    bootstrap_tau,
+    conditional_mutual_information,
+    granulated_kendall,
+    kendall_tau,
+)
+from qgen.measures.deployed import deploy
+from qgen.measures.noise_model import noise_model_measures
+from qgen.models import build_model
+from qgen.quant import init_quantizers
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=3, max_size=40, unique=True),
+    st.randoms(use_true_random=False),
+)
+def test_kendall_matches_scipy_without_ties(x, rnd) -> None:
+    y = list(x)
+    rnd.shuffle(y)
+    assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_kendall_counts_ties_as_zero() -> None:
+    # pairs: (0,1): +1, (0,2): +1, (1,2): tie in x -> 0  =>  τ_a = 2·2 / (3·2) = 2/3
+    assert kendall_tau([1, 2, 2], [1, 2, 3]) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_interval_contains_tau_and_excludes_zero_for_strong_dependence() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=60)
+    m = g + 0.3 * rng.normal(size=60)
+    lo, hi = bootstrap_tau(m, g, resamples=300)
+    assert lo <= kendall_tau(m, g) <= hi and lo > 0.4
+
+
+def test_granulated_kendall_on_a_hand_computed_grid() -> None:
+    grid = pd.DataFrame([(a, b) for a in (0, 1) for b in (0, 1, 2)], columns=["a", "b"])
+    grid["gap"] = grid["a"] + 10 * grid["b"]
+    grid["measure"] = grid["a"] - grid["b"]  # agrees with the gap along a, disagrees along b
+    big_psi, psi = granulated_kendall(grid, "measure", "gap", ["a", "b"])
+    assert psi == {"a": pytest.approx(1.0), "b": pytest.approx(-1.0)}
+    assert big_psi == pytest.approx(0.0)
+    # the plain τ over all runs: 15 pairs, 3 concordant along a only, 12 discordant
+    assert kendall_tau(grid["measure"], grid["gap"]) == pytest.approx((3 - 12) / 15)
+
+
+def test_cmi_is_near_zero_for_independent_and_positive_for_dependent_data() -> None:
+    rng = np.random.default_rng(1)
+    n = 120
+    df = pd.DataFrame({"h": rng.integers(0, 3, n), "k": rng.integers(0, 2, n)})
+    df["gap"] = rng.normal(size=n)
+    df["dependent"] = df["gap"] + 0.2 * rng.normal(size=n)
+    df["independent"] = rng.normal(size=n)
+    dep, _ = conditional_mutual_information(df, "dependent", "gap", ["h", "k"])
+    ind, _ = conditional_mutual_information(df, "independent", "gap", ["h", "k"])
+    assert ind < 0.01 and dep > 0.3
+
+
+def test_cmi_explains_away_a_confounding_hyperparameter() -> None:
+    """A measure that only reflects the hyperparameter driving the gap scores ~0 once conditioned on it."""
+    rng = np.random.default_rng(2)
+    n = 150
+    df = pd.DataFrame({"h": rng.integers(0, 3, n), "k": rng.integers(0, 2, n)})
+    df["gap"] = df["h"] + 0.05 * rng.normal(size=n)
+    df["measure"] = df["h"] + 0.05 * rng.normal(size=n)
+    unconditioned, _ = conditional_mutual_information(df, "measure", "gap", ["h", "k"], max_condition=0)
+    score, condition = conditional_mutual_information(df, "measure", "gap", ["h", "k"], max_condition=1)
+    assert unconditioned > 0.2 and score < 0.05 and condition == "h"
+
+
+def _noise_model(scale: float) -> dict[str, float]:
+    torch.manual_seed(0)
+    quant = {"method": "lsq", "weight_bits": 4, "act_bits": 4, "first_layer": "same", "last_layer": "same"}
+    model = build_model({"model": {"name": "mlp", "depth": 1, "width": 16}, "quant": quant}, (1, 4, 4), 3)
+    x = torch.randn(256, 1, 4, 4)
+    y = model(x).argmax(-1)  # labels the model fits, so noise can only hurt
+    init_quantizers(model, x)
+    view = deploy(model)
+    view.steps = {n: s * scale for n, s in view.steps.items()}
+    trace = {n: 1.0 for n in view.steps}
+    return noise_model_measures(view, x, y, view.weights(), trace, draws=40, seed=0)
+
+
+def test_bound_grows_as_delta_grows() -> None:
+    small, large = _noise_model(1.0), _noise_model(3.0)
+    assert large["noise_model.error_increase"] > small["noise_model.error_increase"]
+    assert large["noise_model.loss_increase"] > small["noise_model.loss_increase"]
+    assert large["noise_model.predicted_loss_increase"] == pytest.approx(
+        9 * small["noise_model.predicted_loss_increase"]
+    )
+    assert large["noise_model.kl_orig"] == pytest.approx(small["noise_model.kl_orig"] / 9)
+    rows = pd.DataFrame([small, large]).assign(
+        **{
+            "train_error": 0.0,
+            "measure.examples": 256.0,
+            "norm.l2": 3.0,
+            "norm.l2_dist": 1.0,
+            "pacbayes.sigma": 0.1,
+        }
+    )
+    with_pacbayes_kl = bound.evaluate_bound(rows, {"kl_sigma": "pacbayes"})
+    assert with_pacbayes_kl["bound.value"].iloc[1] > with_pacbayes_kl["bound.value"].iloc[0]
+    # with σ² = Δ²/12 the KL term shrinks as Δ grows, so that variant is not monotone in Δ
+    with_quant_kl = bound.evaluate_bound(rows, {"kl_sigma": "quantization"})
+    assert with_quant_kl["bound.kl"].iloc[1] < with_quant_kl["bound.kl"].iloc[0]
+
+
+def test_bound_terms_add_up() -> None:
+    row = pd.DataFrame(
+        [
+            {
+                "train_error": 0.1,
+                "noise_model.error_increase": 0.02,
+                "noise_model.kl_orig": 50.0,
+                "noise_model.kl_init": 5.0,
+                "measure.examples": 1000.0,
+            }
+        ]
+    )
+    out = bound.evaluate_bound(row, {"prior": "zero", "delta": 0.05}).iloc[0]
+    assert out["bound.complexity"] == pytest.approx(4 * np.sqrt((50 + np.log(2000 / 0.05)) / 1000))
+    assert out["bound.value"] == pytest.approx(0.12 + out["bound.complexity"])
+
+
+def test_gap_fit_recovers_a_linear_relation() -> None:
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"a": rng.normal(size=50), "b": rng.normal(size=50)})
+    df["gap"] = 2 * df["a"] - df["b"] + 0.5
+    fit = bound.fit_gap(df, "gap", ["a", "b"]).set_index("term")["value"]
+    assert fit["r2"] == pytest.approx(1.0) and fit["tau_fitted_vs_observed"] == pytest.approx(1.0)
+    assert fit["a"] == pytest.approx(2 * df["a"].std(ddof=0))
+
+
+def test_least_squares_noise_term_is_delta_squared_over_12_times_x_norm() -> None:
+    table = regularization.least_squares_check(draws=4000)
+    assert np.allclose(table["ratio"], 1.0, atol=0.03)
+    assert (table["predicted"].diff().dropna() < 0).all()  # more bits, less noise
+
+
+def synthetic_runs(gap_falls: bool, flatter: bool) -> pd.DataFrame:
+    rows = []
+    for width in (8, 16, 32):
+        for lr in (0.1, 0.01):
+            for seed in range(3):
+                for rank, bits in enumerate(["FP32", "8", "4", "2"]):
+                    gap = 0.05 - (0.01 * rank if gap_falls else -0.01 * rank) + 0.001 * seed
+                    rows.append(
+                        {
+                            "run_id": f"r{width}-{lr}-{seed}-{bits}",
+                            "status": "completed",
+                            "bits": bits,
+                            "seed": seed,
+                            "model.width": width,
+                            "optim.lr": lr,
+                            "quant.weight_bits": rank,
+                            "gap_acc": gap if bits != "8" or not gap_falls else 0.05 + 0.001 * seed,
+                            "train_ce": 0.01 + 0.002 * rank,
+                            "pacbayes.sigma": 0.1 + (0.01 if flatter else -0.01) * rank,
+                            "noise.weight.var_ratio": np.nan if bits == "FP32" else 1.01,
+                            "bound.value": gap + 0.001 * width,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def by_name(found) -> dict:
+    return {c["claim"]: c for c in found}
+
+
+def test_claims_pass_where_they_hold() -> None:
+    found = by_name(claims.check_claims(synthetic_runs(gap_falls=True, flatter=True), {"resamples": 200}))
+    assert found["gap_shrinks_as_bits_drop"]["pass"]
+    assert found["eight_bit_gap_close_to_float"]["pass"]
+    assert found["train_loss_rises_as_bits_drop"]["pass"]
+    assert found["quantized_models_are_flatter"]["pass"]
+    assert found["qgen_measure_correlates_with_gap"]["pass"]
+    assert found["noise_variance_is_delta_squared_over_12"]["pass"]
+
+
+def test_claims_fail_where_they_do_not_hold() -> None:
+    df = synthetic_runs(gap_falls=False, flatter=False)
+    df["noise.weight.var_ratio"] = df["noise.weight.var_ratio"] * 1.5
+    df["bound.value"] = -df["gap_acc"]
+    df.loc[df["bits"] == "8", "gap_acc"] += 0.05
+    found = by_name(claims.check_claims(df, {"resamples": 200}))
+    assert not any(c["pass"] for name, c in found.items() if name != "train_loss_rises_as_bits_drop")
+    assert found["gap_shrinks_as_bits_drop"]["in_direction"] == 0
+    md = claims.claims_markdown(list(found.values()), "t")
+    assert md.count("**FAIL**") == 5
