@@ -16,8 +16,12 @@ def base_config() -> dict:
     return yaml.safe_load((REPO / "config" / "default.yaml").read_text())
 
 
-def test_default_config_is_valid_and_has_at_least_24_runs() -> None:
+def test_default_config_has_the_seeded_core_and_a_100_run_grid() -> None:
     config = load_config(REPO / "config" / "default.yaml")
+    grid = expand_config(config)["grid"]
+    assert len(grid) >= 100
+    axes = [k for k in config["experiments"]["grid"]["grid"] if k != "quant"]
+    assert len(axes) >= 4
     runs = expand_config(config)["default"]
     assert len(runs) >= 24
     bits = {r.spec["quant"].get("weight_bits", "FP32") for r in runs}
@@ -86,7 +90,10 @@ def test_grid_is_the_cartesian_product_times_seeds() -> None:
 
 def test_runs_shared_by_two_experiments_are_one_run() -> None:
     config = base_config()
-    config["experiments"]["again"] = copy.deepcopy(config["experiments"]["default"])
+    config["experiments"] = {
+        "default": config["experiments"]["default"],
+        "again": copy.deepcopy(config["experiments"]["default"]),
+    }
     runs = all_runs(validate_config(config))
     assert len(runs) == 24
     assert all(r.experiments == ("default", "again") for r in runs.values())

@@ -75,3 +75,7 @@ def experiment_run_files(wildcards):
 
 def runs_table_text(wildcards):
     return runs_table(RUNS)
+
+
+# The report notebook ships with the workflow; jobs may run in another working directory (-d).
+REPORT_NOTEBOOK = os.path.relpath(os.path.join(workflow.basedir, "notebooks", "report.py"))

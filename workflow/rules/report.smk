@@ -94,7 +94,7 @@ rule report:
 
 rule notebook:
     input:
-        notebook="notebooks/report.py",
+        notebook=REPORT_NOTEBOOK,
         runs="results/{experiment}/runs.csv",
         claims="results/{experiment}/claims.json",
         figures=rules.report.output,
