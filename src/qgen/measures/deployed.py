@@ -53,9 +53,6 @@ class DeployedModel:
             return self.module(x)
         return functional_call(self.module, weights, (x,), strict=False)
 
-    def num_weights(self) -> int:
-        return sum(w.numel() for w in self.weights().values())
-
 
 def _fold_batchnorm(layer: QuantModule, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """Fold ``bn`` into ``layer`` in place; returns the per-channel scale γ/√(σ²+ε)."""
