@@ -133,13 +133,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_model(args.out_model, model, init_state, spec, rid, result, prov)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     if args.out_metrics:  # evaluate in the same process (saves one interpreter start per run)
-        evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device)
+        evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device, data)
     settings_json = os.environ.get("QGEN_MEASURES")
     if args.measure_cache and settings_json:  # measure too; the measure rule adopts it if still valid
         from qgen.config import measures_schema, validate
 
         settings = validate(json.loads(settings_json), measures_schema(), where="measure settings")
-        record = measure_model_file(args.out_model, args.data_meta, settings, run_cfg, device)
+        record = measure_model_file(args.out_model, args.data_meta, settings, run_cfg, device, data)
         qio.write_json(
             args.measure_cache, {"key": _cache_key(settings_json, args.out_model), "record": record}
         )
@@ -160,15 +160,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_model_file(
-    model_path: str, data_meta: str, out: str, run_cfg: dict[str, Any], device: Any
+    model_path: str, data_meta: str, out: str, run_cfg: dict[str, Any], device: Any, data: Any = None
 ) -> None:
-    """Write metrics.json: metrics of the quantized model, its training outcome and provenance."""
+    """Write metrics.json: metrics of the quantized model, its training outcome and provenance.
+
+    ``data``: the run's prepared data if already loaded and verified (else read from ``data_meta``)."""
     from qgen.measures.gap import generalization_metrics
     from qgen.models import model_from_payload, read_model_file
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = _data_for(data_meta, payload["spec"])
+    data = data if data is not None else _data_for(data_meta, payload["spec"])
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
@@ -199,15 +201,21 @@ def evaluate_model_file(
 
 
 def measure_model_file(
-    model_path: str, data_meta: str, settings: dict[str, Any], run_cfg: dict[str, Any], device: Any
+    model_path: str,
+    data_meta: str,
+    settings: dict[str, Any],
+    run_cfg: dict[str, Any],
+    device: Any,
+    data: Any = None,
 ) -> dict[str, Any]:
-    """The body of measures.json for the model in ``model_path`` (settings already validated)."""
+    """The body of measures.json for the model in ``model_path`` (settings already validated;
+    ``data`` as in :func:`evaluate_model_file`)."""
     from qgen.measures.run import measure_run
     from qgen.models import read_model_file
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = _data_for(data_meta, payload["spec"])
+    data = data if data is not None else _data_for(data_meta, payload["spec"])
     status = payload["train"]["status"]
     body: dict[str, Any] = {"measures": {}, "settings": settings}
     if status == "completed":
