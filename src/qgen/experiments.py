@@ -42,16 +42,35 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 def quant_label(quant: dict[str, Any]) -> str:
-    """Short quantizer label, e.g. ``fp32``, ``lsq_w4a4``, ``uniform_w8afp``."""
-    if quant["method"] == "float":
+    """Short quantizer label, e.g. ``fp32``, ``lsq_w4a4``, ``uniform_w8afp``, ``bc_stoch``,
+    ``dfxp_p10u12`` (propagation and update bits), ``hflp``."""
+    method = quant["method"]
+    if method == "float":
         return "fp32"
+    if method == "binary":
+        return "bc_stoch" if quant.get("stochastic") else "bc_det"
+    if method == "half":
+        return "hflp"
+    if method in ("fixed", "dynamic_fixed"):
+        prefix = "fxp" if method == "fixed" else "dfxp"
+        return f"{prefix}_p{quant['prop_bits']}u{quant['update_bits']}"
     a = "fp" if quant.get("act_bits") is None else quant["act_bits"]
-    return f"{quant['method']}_w{quant['weight_bits']}a{a}"
+    return f"{method}_w{quant['weight_bits']}a{a}"
 
 
 def bits_label(quant: dict[str, Any]) -> str:
-    """Bit width as reported in tables: ``FP32`` or the weight bit width."""
-    return "FP32" if quant["method"] == "float" else str(quant["weight_bits"])
+    """Bit width as reported in tables: ``FP32``, the weight bit width, ``1`` for BinaryConnect, the
+    propagation bit width for fixed point, ``16`` for half floats."""
+    method = quant["method"]
+    if method == "float":
+        return "FP32"
+    if method == "binary":
+        return "1"
+    if method == "half":
+        return "16"
+    if method in ("fixed", "dynamic_fixed"):
+        return str(quant["prop_bits"])
+    return str(quant["weight_bits"])
 
 
 def run_id(spec: dict[str, Any]) -> str:
@@ -81,22 +100,125 @@ def set_dotted(spec: dict[str, Any], key: str, value: Any) -> None:
         node[last] = copy.deepcopy(value)
 
 
-def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Drop fields that have no effect for the chosen options, so they cannot split run ids."""
+#: quant keys that matter for each method, with the defaults filled in when a spec omits them
+QUANT_KEYS: dict[str, dict[str, Any]] = {
+    "float": {},
+    "uniform": {
+        "weight_bits": None,
+        "act_bits": None,
+        "per_channel": None,
+        "first_layer": "8bit",
+        "last_layer": "8bit",
+    },
+    "lsq": {
+        "weight_bits": None,
+        "act_bits": None,
+        "per_channel": None,
+        "first_layer": "8bit",
+        "last_layer": "8bit",
+    },
+    "binary": {
+        "stochastic": False,
+        "H": 1,
+        "lr_scale": "glorot",
+        "test_time": None,
+        "first_layer": "same",
+        "last_layer": "same",
+    },
+    "half": {},
+    "fixed": {"prop_bits": None, "update_bits": None, "initial_range": 5},
+    "dynamic_fixed": {
+        "prop_bits": None,
+        "update_bits": None,
+        "initial_range": 5,
+        "range_update_every": 100,
+        "max_overflow": 0.0001,
+        "range_init_epochs": 2,
+    },
+}
+#: model keys per architecture (beyond name, depth, width, dropout) with their defaults; a value equal
+#: to a default that the spec may omit is dropped, so spelling a default out never splits run ids
+MODEL_KEYS: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "batch_norm": None,
+        "input_dropout": 0,
+        "output_batch_norm": False,
+        "bn_momentum": 0.1,
+        "bn_eps": 1e-05,
+        "init": "torch",
+    },
+    "nin": {"base_width": None},
+    "vgg": {"fc_width": 1024, "bn_momentum": 0.1, "bn_eps": 1e-05},
+    "maxout": {"pieces": 5, "input_dropout": 0.2},
+}
+#: models that keep their defaulted keys explicitly in the spec (no run ids to preserve)
+EXPLICIT_DEFAULTS = ("maxout",)
+ARITHMETIC_METHODS = ("float", "half", "fixed", "dynamic_fixed")
+
+
+def _check_combination(spec: dict[str, Any]) -> None:
+    model, method = spec["model"]["name"], spec["quant"]["method"]
+    if model == "maxout" and method not in ARITHMETIC_METHODS:
+        raise ConfigError(
+            f"model maxout is computed in a number format: quant.method must be one of {ARITHMETIC_METHODS}"
+        )
+    if model != "maxout" and method in ARITHMETIC_METHODS[1:]:
+        raise ConfigError(
+            f"quant.method {method} (Courbariaux et al. 2014 arithmetic) needs model.name: maxout"
+        )
     quant = spec["quant"]
-    if quant["method"] == "float":
-        spec["quant"] = {"method": "float"}
+    if method in ("fixed", "dynamic_fixed") and ("prop_bits" not in quant or "update_bits" not in quant):
+        raise ConfigError(f"quant.method {method} needs quant.prop_bits and quant.update_bits")
+    if method == "binary" and "8bit" in (quant.get("first_layer"), quant.get("last_layer")):
+        raise ConfigError("quant.method binary: first_layer/last_layer may be same or float, not 8bit")
+    optim = spec["optim"]
+    if optim["schedule"] in ("exponential", "linear") and "lr_final" not in optim:
+        raise ConfigError(f"optim.schedule {optim['schedule']} needs optim.lr_final")
+    if "max_col_norm" in optim and model != "maxout":
+        raise ConfigError("optim.max_col_norm applies to model maxout only")
+
+
+def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check that the options fit together, fill method defaults and drop fields that have no effect for
+    the chosen options, so they cannot split run ids."""
+    _check_combination(spec)
+    quant = spec["quant"]
+    method = quant["method"]
+    kept = {"method": method}
+    for key, default in QUANT_KEYS[method].items():
+        if key in quant:
+            kept[key] = quant[key]
+        elif default is not None:
+            kept[key] = default
+    if method == "binary" and kept.get("test_time") is None:
+        kept["test_time"] = "real" if kept["stochastic"] else "binary"
+    spec["quant"] = {k: v for k, v in kept.items() if v is not None or k in quant}
     model = spec["model"]
-    if model["name"] == "mlp":
-        model.pop("base_width", None)
-    else:
-        model.pop("batch_norm", None)
+    name = model["name"]
+    keep = {"name", "depth", "width", "dropout", *MODEL_KEYS[name]}
+    for key in list(model):
+        if key not in keep:
+            model.pop(key)
+    for key, default in MODEL_KEYS[name].items():
+        if name in EXPLICIT_DEFAULTS:
+            model.setdefault(key, default)
+        elif key in model and default is not None and canonicalize(model[key]) == canonicalize(default):
+            model.pop(key)
     optim = spec["optim"]
     if optim["schedule"] != "step":
         optim.pop("milestones", None)
         optim.pop("gamma", None)
+    if optim["schedule"] not in ("exponential", "linear"):
+        optim.pop("lr_final", None)
+    if optim["schedule"] != "linear":
+        optim.pop("lr_saturate", None)
     if optim["name"] == "adam":
-        optim.pop("momentum", None)
+        for key in ("momentum", "momentum_final", "momentum_saturate"):
+            optim.pop(key, None)
+    if "momentum_final" not in optim:
+        optim.pop("momentum_saturate", None)
+    if spec["train"].get("loss") == "ce":
+        spec["train"].pop("loss")
     return canonicalize(spec)
 
 
@@ -113,19 +235,29 @@ def expand_experiment(name: str, experiment: dict[str, Any], datasets: dict[str,
     axes = list(experiment.get("grid", {}).items())
     keys = [k for k, _ in axes]
     runs: list[Run] = []
-    for values in itertools.product(*(v for _, v in axes)):
-        for seed in experiment.get("seeds", [0]):
-            spec = copy.deepcopy(experiment["base"])
-            for key, value in zip(keys, values, strict=True):
-                set_dotted(spec, key, value)
-            spec["seed"] = seed
-            data = spec.get("data")
-            if isinstance(data, dict) and data.get("name") in datasets:
-                spec["data"] = {**datasets[data["name"]], **data}
-            point = dict(zip(keys, values, strict=True))
-            validate(spec, run_spec_schema(), where=f"run spec of experiment {name!r} at grid point {point}")
-            spec = normalize_spec(spec)
-            runs.append(Run(run_id(spec), spec, (name,), point))
+    variants = experiment.get("variants") or [{}]
+    for v, variant in enumerate(variants):
+        for values in itertools.product(*(v for _, v in axes)):
+            for seed in experiment.get("seeds", [0]):
+                spec = copy.deepcopy(experiment["base"])
+                for section, fragment in variant.items():
+                    set_dotted(spec, section, fragment)
+                for key, value in zip(keys, values, strict=True):
+                    set_dotted(spec, key, value)
+                spec["seed"] = seed
+                data = spec.get("data")
+                if isinstance(data, dict) and data.get("name") in datasets:
+                    spec["data"] = {**datasets[data["name"]], **data}
+                point = dict(zip(keys, values, strict=True))
+                if len(variants) > 1:
+                    point = {"variant": v, **point}
+                where = f"run spec of experiment {name!r} at grid point {point}"
+                validate(spec, run_spec_schema(), where=where)
+                try:
+                    spec = normalize_spec(spec)
+                except ConfigError as err:
+                    raise ConfigError(f"{where}: {err}") from None
+                runs.append(Run(run_id(spec), spec, (name,), point))
     return runs
 
 
@@ -169,7 +301,8 @@ def all_runs(config: dict[str, Any]) -> dict[str, Run]:
 
 
 def dataset_params(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return _dataset_defaults(config)[name]
+    """Preparation settings of dataset ``name`` (the digits defaults, or the config's entry)."""
+    return _dataset_defaults(config).get(name, {})
 
 
 def runs_table(runs: dict[str, Run]) -> str:

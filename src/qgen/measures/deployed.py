@@ -110,13 +110,21 @@ def deploy(model: nn.Module, mode: str = "effective") -> DeployedModel:
 
 @contextlib.contextmanager
 def quantizers_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily replace every weight and input quantizer by the identity (the float network)."""
+    """Temporarily replace every quantizer of every layer by the identity (the float network)."""
     saved = []
     for _, layer in quant_layers(model):
-        saved.append((layer, layer.weight_quant, layer.input_quant))
-        layer.weight_quant, layer.input_quant = nn.Identity(), nn.Identity()
+        saved.append(
+            (layer, {a: getattr(layer, a) for a in layer.quant_attrs}, layer.__dict__.get("value_rounding"))
+        )
+        for attr in layer.quant_attrs:
+            setattr(layer, attr, nn.Identity())
+        if hasattr(layer, "value_rounding"):  # low-precision layers also round z and y
+            layer.value_rounding = False
     try:
         yield model
     finally:
-        for layer, wq, iq in saved:
-            layer.weight_quant, layer.input_quant = wq, iq
+        for layer, quantizers, rounding in saved:
+            for attr, module in quantizers.items():
+                setattr(layer, attr, module)
+            if rounding is not None:
+                layer.value_rounding = rounding

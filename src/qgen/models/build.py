@@ -7,14 +7,20 @@ from typing import Any
 
 from torch import nn
 
+from qgen.models.maxout import MaxoutMLP
 from qgen.models.mlp import MLP
 from qgen.models.nin import NiN
+from qgen.models.vgg import VGG
+
+MODELS = ("mlp", "nin", "vgg", "maxout")
 
 
 def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Model of ``spec["model"]`` quantized per ``spec["quant"]``, for inputs of ``input_shape`` (C, H, W)."""
     model, quant = spec["model"], spec["quant"]
-    if model["name"] == "mlp":
+    name = model["name"]
+    bn = {k: model[f"bn_{k}"] for k in ("momentum", "eps") if f"bn_{k}" in model}
+    if name == "mlp":
         return MLP(
             math.prod(input_shape),
             num_classes,
@@ -23,8 +29,12 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
             quant=quant,
             dropout=model.get("dropout", 0.0),
             batch_norm=model.get("batch_norm", False),
+            input_dropout=model.get("input_dropout", 0.0),
+            output_batch_norm=model.get("output_batch_norm", False),
+            init=model.get("init", "torch"),
+            **{f"bn_{k}": v for k, v in bn.items()},
         )
-    if model["name"] == "nin":
+    if name == "nin":
         return NiN(
             input_shape[0],
             num_classes,
@@ -34,7 +44,28 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
             base_width=model.get("base_width", 25),
             dropout=model.get("dropout", 0.0),
         )
-    raise ValueError(f"unknown model {model['name']!r}; known: mlp, nin")
+    if name == "vgg":
+        return VGG(
+            input_shape,
+            num_classes,
+            depth=model["depth"],
+            width=model["width"],
+            quant=quant,
+            fc_width=model.get("fc_width", 1024),
+            **{f"bn_{k}": v for k, v in bn.items()},
+        )
+    if name == "maxout":
+        return MaxoutMLP(
+            math.prod(input_shape),
+            num_classes,
+            depth=model["depth"],
+            width=model["width"],
+            pieces=model.get("pieces", 5),
+            quant=quant,
+            dropout=model.get("dropout", 0.5),
+            input_dropout=model.get("input_dropout", 0.2),
+        )
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
 def read_model_file(path: str, device: str = "cpu") -> dict[str, Any]:

@@ -4,24 +4,35 @@ A quantizer knows nothing of how it is trained or measured: it maps a tensor to 
 value (same dtype and shape) and exposes its step ``Δ`` (``.step``) and integer range.
 """
 
+from qgen.quant.binary import BinaryQuantizer, constrain_latent_weights
+from qgen.quant.fixed_point import Arithmetic, FixedPointWeight, NumberGroup, fixed_point
 from qgen.quant.functional import fake_quantize, lsq_reference, ste_round
 from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, init_quantizers, quant_layers
+from qgen.quant.low_precision import LowPrecisionLinear, softmax_output_loss
 from qgen.quant.quantizers import LSQQuantizer, Quantizer, UniformQuantizer, int_range
 from qgen.quant.registry import LayerQuant, layer_quant
 
 __all__ = [
+    "Arithmetic",
+    "BinaryQuantizer",
+    "FixedPointWeight",
     "LSQQuantizer",
     "LayerQuant",
+    "LowPrecisionLinear",
+    "NumberGroup",
     "QuantConv2d",
     "QuantLinear",
     "QuantModule",
     "Quantizer",
     "UniformQuantizer",
+    "constrain_latent_weights",
     "fake_quantize",
+    "fixed_point",
     "init_quantizers",
     "int_range",
     "layer_quant",
     "lsq_reference",
     "quant_layers",
+    "softmax_output_loss",
     "ste_round",
 ]

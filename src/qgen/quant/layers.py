@@ -17,19 +17,26 @@ from qgen.quant.registry import LayerQuant
 
 
 class QuantModule(nn.Module):
-    """Mixin of quantized layers: ``weight_quant``, ``input_quant`` and the deployed weight."""
+    """Mixin of quantized layers: ``weight_quant``, ``input_quant`` and the deployed weight.
+
+    ``quant_attrs`` names every quantizer attribute of the layer (replaced by identities to get the
+    float network, see qgen.measures.deployed.quantizers_disabled)."""
 
     weight: nn.Parameter
     weight_quant: nn.Module
     input_quant: nn.Module
+    quant_attrs: tuple[str, ...] = ("weight_quant", "input_quant")
 
     def _setup_quant(self, quant: LayerQuant | None) -> None:
         self.quant = quant
         if quant is None:
             self.weight_quant, self.input_quant = nn.Identity(), nn.Identity()
         else:
-            self.weight_quant = quant.weight_quantizer(self.weight.shape[0], self.weight.ndim)
+            self.weight_quant = quant.weight_quantizer(tuple(self.weight.shape))
             self.input_quant = quant.input_quantizer()
+            init_weight = getattr(self.weight_quant, "init_weight", None)
+            if init_weight is not None:  # e.g. BinaryConnect's uniform [−H, H] initialization
+                init_weight(self.weight)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with: Q(w) for a quantized layer, w otherwise."""
@@ -78,7 +85,7 @@ def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
     The pass runs in training mode (so activations look as they will in training) but leaves
     BatchNorm running statistics untouched.
     """
-    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+    quantizers = [m for m in model.modules() if isinstance(m, Quantizer) and m.needs_calibration]
     if not quantizers:
         return
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

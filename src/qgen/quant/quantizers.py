@@ -29,11 +29,20 @@ class Quantizer(nn.Module):
     """Base class: ``bits``, ``signed``, integer range and a per-tensor or per-channel step.
 
     ``channels`` (weights only) gives one step per output channel; the step then has shape
-    ``(channels, 1, ..., 1)`` matching a weight of ``ndim`` dimensions.
+    ``(channels, 1, ..., 1)`` matching a weight of ``ndim`` dimensions. ``needs_calibration``: the
+    quantizer sets data-dependent initial state in :func:`qgen.quant.init_quantizers`.
     """
 
+    needs_calibration = True
+
     def __init__(
-        self, bits: int, signed: bool, role: str = "weight", channels: int | None = None, ndim: int = 1
+        self,
+        bits: int,
+        signed: bool,
+        role: str = "weight",
+        channels: int | None = None,
+        ndim: int = 1,
+        qrange: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if role not in ("weight", "act"):
@@ -42,7 +51,8 @@ class Quantizer(nn.Module):
             raise ValueError("activation quantizers are per-tensor")
         self.role = role
         self.bits, self.signed = int(bits), bool(signed)
-        self.qn, self.qp = int_range(self.bits, self.signed)
+        # the grid is {−Q_N, …, Q_P}·Δ; ``qrange`` gives it directly for grids that are not b-bit integers
+        self.qn, self.qp = qrange if qrange is not None else int_range(self.bits, self.signed)
         self.channels = channels
         self.step_shape = (channels,) + (1,) * (ndim - 1) if channels else (1,)
         self.calibrating = False
@@ -65,6 +75,12 @@ class Quantizer(nn.Module):
 
     def calibrate(self, v: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def train_quantize(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The value ``v`` takes during training (what the training-time noise θ = Q(v) − v is made of).
+
+        Deterministic quantizers give their forward; stochastic ones draw with ``generator``."""
+        return self(v)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"

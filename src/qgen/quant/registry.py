@@ -1,7 +1,9 @@
 """Map the ``quant`` section of a run spec to the quantizers of each layer.
 
 The first/last-layer policy (``same``, ``float`` or ``8bit``) is applied here and recorded in the
-run spec, so a table can say how the network's ends were treated.
+run spec, so a table can say how the network's ends were treated. The low-precision arithmetic
+formats of Courbariaux et al. (2014) (``half``, ``fixed``, ``dynamic_fixed``) are not per-layer
+quantizers: they belong to the maxout network (qgen.models.maxout).
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ from typing import Any
 
 from torch import nn
 
+from qgen.quant.binary import BinaryQuantizer
 from qgen.quant.quantizers import LSQQuantizer, Quantizer, UniformQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {"uniform": UniformQuantizer, "lsq": LSQQuantizer}
+#: weight-only methods with their own options (quant section keys passed to the quantizer)
+WEIGHT_ONLY: dict[str, tuple[type[Quantizer], tuple[str, ...]]] = {
+    "binary": (BinaryQuantizer, ("stochastic", "H", "lr_scale", "test_time")),
+}
+#: formats of the low-precision arithmetic, which only the maxout network implements
+ARITHMETIC_FORMATS = ("half", "fixed", "dynamic_fixed")
 
 
 @dataclass(frozen=True)
@@ -25,37 +34,49 @@ class LayerQuant:
     act_bits: int | None
     per_channel: bool
     input_signed: bool
+    options: tuple[tuple[str, Any], ...] = ()
 
-    def weight_quantizer(self, channels: int, ndim: int) -> nn.Module:
+    def weight_quantizer(self, weight_shape: tuple[int, ...]) -> nn.Module:
+        if self.method in WEIGHT_ONLY:
+            return WEIGHT_ONLY[self.method][0](weight_shape, **dict(self.options))
         if self.weight_bits is None:
             return nn.Identity()
         return QUANTIZERS[self.method](
             self.weight_bits,
             signed=True,
             role="weight",
-            channels=channels if self.per_channel else None,
-            ndim=ndim,
+            channels=weight_shape[0] if self.per_channel else None,
+            ndim=len(weight_shape),
         )
 
     def input_quantizer(self) -> nn.Module:
-        if self.act_bits is None:
+        if self.act_bits is None or self.method in WEIGHT_ONLY:
             return nn.Identity()
         return QUANTIZERS[self.method](self.act_bits, signed=self.input_signed, role="act")
 
 
 def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> LayerQuant | None:
     """Quantization of a layer at ``position`` (first, middle or last); None keeps it float."""
-    if quant["method"] == "float":
+    method = quant["method"]
+    if method == "float":
         return None
-    if quant["method"] not in QUANTIZERS:
+    if method in ARITHMETIC_FORMATS:
         raise ValueError(
-            f"unknown quantization method {quant['method']!r}; known: float, {', '.join(QUANTIZERS)}"
+            f"quant.method {method!r} is a low-precision arithmetic format of Courbariaux et al. (2014); "
+            "it applies to model.name: maxout only"
         )
+    if method not in QUANTIZERS and method not in WEIGHT_ONLY:
+        known = ", ".join(["float", *QUANTIZERS, *WEIGHT_ONLY, *ARITHMETIC_FORMATS])
+        raise ValueError(f"unknown quantization method {method!r}; known: {known}")
     policy = quant.get(f"{position}_layer", "same") if position in ("first", "last") else "same"
-    w_bits, a_bits = quant.get("weight_bits"), quant.get("act_bits")
     if policy == "float":
         return None
+    if method in WEIGHT_ONLY:
+        keys = WEIGHT_ONLY[method][1]
+        options = tuple((k, quant[k]) for k in keys if k in quant)
+        return LayerQuant(method, None, None, False, input_signed, options)
+    w_bits, a_bits = quant.get("weight_bits"), quant.get("act_bits")
     if policy == "8bit":
         w_bits = 8 if w_bits is not None else None
         a_bits = 8 if a_bits is not None else None
-    return LayerQuant(quant["method"], w_bits, a_bits, bool(quant.get("per_channel", False)), input_signed)
+    return LayerQuant(method, w_bits, a_bits, bool(quant.get("per_channel", False)), input_signed)

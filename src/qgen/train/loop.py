@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qgen.data import PreparedData
@@ -31,9 +30,10 @@ from qgen.experiments import spec_hash
 from qgen.io import atomic_open
 from qgen.metrics import accuracy_and_ce
 from qgen.models import build_model
-from qgen.quant import init_quantizers
+from qgen.quant import BinaryQuantizer, constrain_latent_weights, init_quantizers, quant_layers
 from qgen.train import checkpoint
-from qgen.train.optim import build_optimizer, lr_at, set_lr
+from qgen.train.losses import training_loss
+from qgen.train.optim import build_optimizer, lr_at, momentum_at, set_lr, set_momentum
 
 log = logging.getLogger("qgen.train")
 
@@ -102,6 +102,24 @@ def train_run(
     model = build_model(spec, data.input_shape, data.num_classes).to(device)
     x_train, y_train = data.train["x"].to(device), data.train["y"].to(device)
     optimizer = build_optimizer(model, optim_spec)
+    loss_fn = training_loss(train_spec.get("loss", "ce"), model)
+    binary = [
+        (m, m.weight_quant) for _, m in quant_layers(model) if isinstance(m.weight_quant, BinaryQuantizer)
+    ]
+    after_step = getattr(model, "after_step", None)  # e.g. dynamic fixed point range updates
+    batch_size = optim_spec["batch_size"]
+    step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
+
+    def train_batch(idx: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(step_model(x_train[idx]), y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        constrain_latent_weights(binary)  # BinaryConnect: latent weights stay in [−H, H]
+        if after_step is not None:
+            after_step()
+        return loss.detach()
+
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed, resumed = 0, 0.0, None
     init_state: dict[str, torch.Tensor]
@@ -123,10 +141,11 @@ def train_run(
     else:
         calib = _epoch_order(len(y_train), seed, -1)[:CALIBRATION_EXAMPLES]
         init_quantizers(model, x_train[calib])
+        _initialize_ranges(
+            model, train_batch, optimizer, optim_spec, len(y_train), seed, batch_size, max_epochs
+        )
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
-    batch_size = optim_spec["batch_size"]
     status, stop_reason, diverged_epoch = "completed", "max_epochs", None
     bar = _progress(max_epochs, start_epoch, progress)
     if rows and target is not None and rows[-1]["train_ce"] <= target:
@@ -135,16 +154,13 @@ def train_run(
         t0 = time.perf_counter()
         lr = lr_at(optim_spec, epoch, max_epochs)
         set_lr(optimizer, lr)
+        set_momentum(optimizer, momentum_at(optim_spec, epoch))
         model.train()
         order = _epoch_order(len(y_train), seed, epoch).to(device)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(step_model(x_train[idx]), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += train_batch(idx) * len(idx)
         mean_loss = float(loss_sum) / len(order)
         if not torch.isfinite(torch.tensor(mean_loss)):
             status, stop_reason, diverged_epoch = "diverged", "diverged", epoch + 1
@@ -209,6 +225,38 @@ def train_run(
     _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows)
     model.train(False)
     return model, init_state, result
+
+
+def _initialize_ranges(
+    model: nn.Module,
+    train_batch,
+    optimizer: torch.optim.Optimizer,
+    optim_spec: dict[str, Any],
+    n: int,
+    seed: int,
+    batch_size: int,
+    max_epochs: int,
+) -> None:
+    """Dynamic fixed point (Courbariaux et al. 2014, code ``init_range``): train ``range_init_epochs``
+    epochs at 31 bits so that every group's range settles, then put the parameters back to their
+    initial values. As in the reference, the ranges and the momentum updates are kept."""
+    arithmetic = getattr(model, "arithmetic", None)
+    epochs = arithmetic.range_init_epochs if arithmetic is not None else 0
+    if not epochs:
+        return
+    initial = {k: p.detach().clone() for k, p in model.named_parameters()}
+    set_lr(optimizer, lr_at(optim_spec, 0, max_epochs))
+    set_momentum(optimizer, momentum_at(optim_spec, 0))
+    model.train()
+    with model.range_search_precision(31):
+        for k in range(epochs):
+            order = _epoch_order(n, seed, -2 - k).to(next(model.parameters()).device)
+            for start in range(0, n, batch_size):
+                train_batch(order[start : start + batch_size])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(initial[name])
+    log.info("dynamic fixed point ranges after %d epochs at 31 bits: %s", epochs, model.ranges())
 
 
 def save_model(
