@@ -11,6 +11,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/papers.smk"
+include: "workflow/rules/audit.smk"
 
 
 # ---- targets -------------------------------------------------------------------------------------
@@ -19,6 +21,7 @@ rule all:
     input:
         "results/runs.tsv",
         expand("results/{experiment}/claims.json", experiment=EXPERIMENTS),
+        expand("results/{experiment}/summary.json", experiment=EXPERIMENTS),
         expand("reports/{experiment}.html", experiment=EXPERIMENTS),
         expand(
             "results/{experiment}/tables/{table}.{ext}",
@@ -32,3 +35,4 @@ rule all:
             figure=["gap_by_bits", "measures_by_bits", "correlation", "bound_vs_gap", "regularization"],
             ext=["png", "pdf"],
         ),
+        paper_targets(EXPERIMENTS),

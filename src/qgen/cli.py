@@ -8,6 +8,7 @@ qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log 
 qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
 qgen collect --experiment NAME --out runs.csv METRICS.json...
 qgen report --runs runs.csv --experiment NAME --tables-dir DIR --figures-dir DIR
+qgen paper-tables --runs runs.csv --experiment NAME --tables binaryconnect --tables-dir DIR --figures-dir DIR
 """
 
 from __future__ import annotations
@@ -325,6 +326,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper_tables(args: argparse.Namespace) -> int:
+    from qgen.report.collect import read_runs
+    from qgen.report.papers import write_paper_outputs
+
+    write_paper_outputs(read_runs(args.runs), args.tables, args.tables_dir, args.figures_dir, args.experiment)
+    return 0
+
+
 def _model_step(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
     """A step that reads a trained model.pt and its prepared data and writes one JSON file."""
     p = sub.add_parser(name, help=help_text)
@@ -412,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures-dir", required=True)
     p.add_argument("--analysis-dir", help="folder with the analyse step's outputs (adds their figures)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("paper-tables", help="paper-specific tables and figures of one experiment")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--tables", nargs="+", required=True, help="binaryconnect, low_precision")
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p.set_defaults(func=cmd_paper_tables)
     return parser
 
 

@@ -13,6 +13,15 @@ binomial tests of the share of pairs that move in the claimed direction (ties dr
 | quantized_models_are_flatter | QGen | PAC-Bayes σ′ larger for the lower precision; sign test p < α |
 | qgen_measure_correlates_with_gap | QGen | bootstrap 95 % interval of τ(bound, gap) above 0 |
 | noise_variance_is_delta_squared_over_12 | QGen, QReg | mean weight Var(θ)/(Δ²/12) within 1 ± tolerance |
+| binaryconnect_lowers_test_error | BinaryConnect | BC test error below its no-regularizer twin's; sign test |
+| binaryconnect_shrinks_gap | BinaryConnect | BC gap below its no-regularizer twin's; sign test p < α |
+| dynamic_fixed_10_12_matches_float | Courbariaux 2014 | mean test error of DFXP 10/12 − float ≤ tolerance |
+| fixed_20_20_matches_float | Courbariaux 2014 | mean test error of FXP 20/20 − float ≤ tolerance |
+| dynamic_fixed_beats_fixed | Courbariaux 2014 | DFXP test error below FXP's at equal bit widths; sign test |
+
+The QGen/QReg claims are checked on the bit-width family (float, uniform, LSQ runs); each paper's
+claims appear only for experiments that hold the runs they compare (a BinaryConnect claim needs BC
+runs and their no-regularizer twins, a 2014 claim needs maxout runs).
 """
 
 from __future__ import annotations
@@ -28,10 +37,14 @@ from qgen.analysis.correlation import bootstrap_tau, kendall_tau
 from qgen.report.collect import spec_columns
 from qgen.report.tables import bits_order
 
+#: quantization methods of the bit-width family the QGen/QReg claims are about
+BIT_WIDTH_METHODS = ("float", "uniform", "lsq")
+
 DEFAULTS: dict[str, Any] = {
     "alpha": 0.05,
     "gap": "gap_acc",
     "eight_bit_tolerance": 0.01,
+    "low_precision_tolerance": 0.01,
     "var_ratio_tolerance": 0.1,
     "measure": "bound.value",
     "resamples": 1000,
@@ -85,8 +98,20 @@ def _sign_test(
     }
 
 
+def _method(df: pd.DataFrame) -> pd.Series:
+    return df["quant.method"] if "quant.method" in df.columns else pd.Series("float", index=df.index)
+
+
 def check_claims(df: pd.DataFrame, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     opt = {**DEFAULTS, **(options or {})}
+    method = _method(df)
+    family = df[method.isin(BIT_WIDTH_METHODS)]
+    claims = qgen_claims(family, opt) if (family["bits"] != "FP32").any() else []
+    return claims + binaryconnect_claims(df, opt) + low_precision_claims(df, opt)
+
+
+def qgen_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str, Any]]:
+    """QGen's and QReg's claims over float / uniform / LSQ runs at several bit widths."""
     gap, alpha = opt["gap"], opt["alpha"]
     claims = [
         _sign_test(adjacent_pairs(df, gap), "lower", alpha, "gap_shrinks_as_bits_drop", "QGen, QReg", gap),
@@ -181,6 +206,113 @@ def check_claims(df: pd.DataFrame, options: dict[str, Any] | None = None) -> lis
     return claims
 
 
+def paired_with(df: pd.DataFrame, reference: pd.Series, other: pd.Series, column: str) -> pd.DataFrame:
+    """(reference, other) values of ``column`` for runs that share every non-quant hyperparameter and
+    the seed; ``reference``/``other`` select the two sides (several ``other`` runs may share one
+    reference run)."""
+    ok = df[df["status"] == "completed"]
+    keys = pair_keys(ok)
+    left = ok[reference.reindex(ok.index, fill_value=False)]
+    right = ok[other.reindex(ok.index, fill_value=False)]
+    merged = right.merge(left[[*keys, column, "run_id"]], on=keys, suffixes=("", "_ref"))
+    return pd.DataFrame(
+        {
+            "high": "reference",
+            "low": merged.get("quant", "other"),
+            "value_high": merged[f"{column}_ref"],
+            "value_low": merged[column],
+            "run_ids": merged["run_id_ref"] + " " + merged["run_id"],
+        }
+    )
+
+
+def binaryconnect_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str, Any]]:
+    """BinaryConnect "acts as a regularizer": BC runs against their no-regularizer twins (float, no
+    dropout, same hyperparameters and seed)."""
+    method = _method(df)
+    binary = method == "binary"
+    dropout = df["model.dropout"].fillna(0) if "model.dropout" in df.columns else pd.Series(0, index=df.index)
+    baseline = (method == "float") & (dropout == 0)
+    if not binary.any() or not baseline.any():
+        return []
+    out = []
+    for name, column in (
+        ("binaryconnect_lowers_test_error", "test_error"),
+        ("binaryconnect_shrinks_gap", opt["gap"]),
+    ):
+        pairs = paired_with(df, baseline, binary, column)
+        if len(pairs):
+            out.append(_sign_test(pairs, "lower", opt["alpha"], name, "BinaryConnect", column))
+    return out
+
+
+def _mean_gap_to_float(
+    df: pd.DataFrame, name: str, fmt: str, prop: int, update: int, tol: float
+) -> dict[str, Any] | None:
+    method = _method(df)
+    sel = (method == fmt) & (df.get("quant.prop_bits") == prop) & (df.get("quant.update_bits") == update)
+    pairs = paired_with(df, method == "float", sel, "test_error")
+    if not len(pairs):
+        return None
+    diff = (pairs["value_low"] - pairs["value_high"]).to_numpy()
+    mean = float(diff.mean())
+    label = "DFXP" if fmt == "dynamic_fixed" else "FXP"
+    return {
+        "claim": name,
+        "source": "Courbariaux et al. 2014",
+        "metric": "test_error",
+        "test": f"mean paired difference, {label} {prop}/{update} minus float",
+        "n": len(diff),
+        "mean": mean,
+        "differences": [float(d) for d in diff],
+        "threshold": f"mean difference <= {tol}",
+        "pass": bool(mean <= tol),
+    }
+
+
+def low_precision_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Courbariaux et al. (2014): 10-bit dynamic fixed point propagations (12-bit updates) train as well
+    as float, fixed point needs about 20 bits, and dynamic fixed point beats fixed point."""
+    if "model.name" not in df.columns or not (df["model.name"] == "maxout").any():
+        return []
+    maxout = df[df["model.name"] == "maxout"]
+    tol = opt["low_precision_tolerance"]
+    out = [
+        c
+        for c in (
+            _mean_gap_to_float(maxout, "dynamic_fixed_10_12_matches_float", "dynamic_fixed", 10, 12, tol),
+            _mean_gap_to_float(maxout, "fixed_20_20_matches_float", "fixed", 20, 20, tol),
+        )
+        if c is not None
+    ]
+    method = _method(maxout)
+    if (method == "fixed").any() and (method == "dynamic_fixed").any():
+        keys = [*pair_keys(maxout), "quant.prop_bits", "quant.update_bits"]
+        ok = maxout[maxout["status"] == "completed"]
+        fx, dfx = ok[_method(ok) == "fixed"], ok[_method(ok) == "dynamic_fixed"]
+        merged = dfx.merge(fx[[*keys, "test_error", "run_id"]], on=keys, suffixes=("", "_fxp"))
+        pairs = pd.DataFrame(
+            {
+                "high": "fixed",
+                "low": "dynamic_fixed",
+                "value_high": merged["test_error_fxp"],
+                "value_low": merged["test_error"],
+            }
+        )
+        if len(pairs):
+            out.append(
+                _sign_test(
+                    pairs,
+                    "lower",
+                    opt["alpha"],
+                    "dynamic_fixed_beats_fixed",
+                    "Courbariaux et al. 2014",
+                    "test_error",
+                )
+            )
+    return out
+
+
 def claims_markdown(claims: list[dict[str, Any]], title: str) -> str:
     lines = [
         f"# {title}",
@@ -196,6 +328,8 @@ def claims_markdown(claims: list[dict[str, Any]], title: str) -> str:
         elif "ci" in c:
             lo, hi = c["ci"]
             result = f"mean diff {c['mean_difference']:.4f}, 95% CI [{lo:.4f}, {hi:.4f}], n = {c['n_pairs']}"
+        elif "differences" in c:
+            result = f"mean difference {c['mean']:.4f} over {c['n']} seed pairs"
         else:
             result = f"mean {c['mean']:.3f} over {c['n']} runs"
         verdict = "**pass**" if c["pass"] else "**FAIL**"

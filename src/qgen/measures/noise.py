@@ -12,6 +12,8 @@ Var(θ) = Δ²/12. For every quantized layer this module measures how well that 
   spread uniformly over L levels, θ = −(v − q) gives corr = −1/L exactly, so it holds only when many
   levels are in use;
 - ``clipped_fraction``: fraction of elements outside the grid's range, where |θ| > Δ/2;
+- the weight noise is the one training applies (``Quantizer.train_quantize``): for stochastic
+  BinaryConnect a (seeded) Bernoulli draw, whose θ has Var(θ | w) = H² − w², not Δ²/12;
 - activations also report ``zero_fraction`` (post-ReLU zeros are represented exactly, θ = 0).
 
 Propagation (QReg): ``relative_perturbation`` of each quantized layer's output between the float
@@ -117,7 +119,8 @@ def layer_noise(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
         wq = layer.weight_quant
         if isinstance(wq, Quantizer):
             w = layer.weight.detach()
-            row["weight"] = {"bits": wq.bits, **noise_statistics(w, wq(w), wq.step_for(w), wq.qn, wq.qp)}
+            q = wq.train_quantize(w, generator=torch.Generator(device=w.device).manual_seed(depth))
+            row["weight"] = {"bits": wq.bits, **noise_statistics(w, q, wq.step_for(w), wq.qn, wq.qp)}
         aq = layer.input_quant
         if isinstance(aq, Quantizer) and name in inputs:
             a = inputs[name]

@@ -54,15 +54,19 @@ UPDATE_PRECISION_GROUPS = ("w", "b")
 
 def fixed_point(x: torch.Tensor, nob: int, noib: int | torch.Tensor) -> torch.Tensor:
     """Round ``x`` to nearest on the grid 2^−(nob−noib) and saturate at ±(2^nob − 1) steps."""
-    power = torch.as_tensor(2.0, dtype=x.dtype, device=x.device) ** (nob - torch.as_tensor(noib).to(x))
+    power = 2.0 ** (nob - int(noib))
     top = float(2**nob - 1)
     return torch.clamp(torch.round(x * power), -top, top) / power
 
 
+def overflow_limit(nob: int, noib: int | torch.Tensor) -> float:
+    """The largest representable magnitude (2^nob − 1)/2^(nob−noib); at noib − 1 it is half of it."""
+    return (2.0**nob - 1) / 2.0 ** (nob - int(noib))
+
+
 def overflow_rate(x: torch.Tensor, nob: int, noib: int | torch.Tensor) -> torch.Tensor:
-    """Fraction of ``x`` at or beyond the largest representable magnitude (2^nob − 1)/2^(nob−noib)."""
-    limit = (2.0**nob - 1) / 2.0 ** (nob - torch.as_tensor(noib, dtype=torch.float64))
-    return (x.detach().abs().double() >= limit.to(x.device)).double().mean()
+    """Fraction of ``x`` at or beyond the largest representable magnitude."""
+    return (x.detach().abs() >= overflow_limit(nob, noib)).sum().double() / x.numel()
 
 
 def range_step(rate: float, rate_below: float, max_overflow: float) -> int:
@@ -134,9 +138,9 @@ class NumberGroup(nn.Module):
         """Add this batch's overflow rates of ``x`` (dynamic fixed point only)."""
         if not self.arithmetic.dynamic:
             return
-        nob = self.arithmetic.nob(precision or self.precision)
-        self.overflow[0] += overflow_rate(x, nob, self.range).to(self.overflow.device)
-        self.overflow[1] += overflow_rate(x, nob, self.range - 1).to(self.overflow.device)
+        limit = overflow_limit(self.arithmetic.nob(precision or self.precision), self.range)
+        a = x.detach().abs()
+        self.overflow += torch.stack([(a >= limit).sum(), (a >= limit / 2).sum()]).double() / a.numel()
 
     @torch.no_grad()
     def adjust(self, batches: int) -> int:

@@ -1,0 +1,269 @@
+"""Paper-specific tables and figures, each beside the paper's own numbers.
+
+- ``binaryconnect``: Courbariaux, Bengio & David (2015), Table 2: test error of no regularizer,
+  BinaryConnect deterministic / stochastic and 50 % dropout, mean ± std over seeds.
+- ``low_precision``: Courbariaux, Bengio & David (2014), Table 1: test error by number format,
+  propagation bits and update bits; and test error against the propagation bit width (figure).
+
+The paper values come from papers.md (§4, §5): recalled [M] except the stochastic BinaryConnect
+CIFAR-10/SVHN rows, which the reference README states [V]. Our runs are on the embedded digits data
+(permutation-invariant, like PI-MNIST), so the paper columns are a reference for the ordering of the
+rows, not for their values. Every row names the run ids behind it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from qgen.io import write_text
+from qgen.report.figures import save_figure
+
+PAPER_TABLES = ("binaryconnect", "low_precision")
+
+#: BinaryConnect (2015) Table 2, test error in % (papers.md §4)
+BINARYCONNECT_PAPER = {
+    "No regularizer": {"PI-MNIST": "1.30 ± 0.04", "CIFAR-10": "10.64", "SVHN": "2.44"},
+    "BC (det.)": {"PI-MNIST": "1.29 ± 0.08", "CIFAR-10": "9.90", "SVHN": "2.30"},
+    "BC (stoch.)": {"PI-MNIST": "1.18 ± 0.04", "CIFAR-10": "8.27", "SVHN": "2.15"},
+    "50% Dropout": {"PI-MNIST": "1.01 ± 0.04", "CIFAR-10": "–", "SVHN": "–"},
+}
+BINARYCONNECT_ORDER = list(BINARYCONNECT_PAPER)
+#: Courbariaux et al. (2014) Table 1, test error in % (papers.md §5); key: (format, prop bits, update bits)
+LOW_PRECISION_PAPER = {
+    ("float", 32, 32): {"PI-MNIST": "1.05", "MNIST": "0.51", "CIFAR-10": "14.05", "SVHN": "2.71"},
+    ("half", 16, 16): {"PI-MNIST": "1.10", "MNIST": "0.51", "CIFAR-10": "14.14", "SVHN": "3.02"},
+    ("fixed", 20, 20): {"PI-MNIST": "1.39", "MNIST": "0.57", "CIFAR-10": "15.98", "SVHN": "2.97"},
+    ("dynamic_fixed", 10, 12): {"PI-MNIST": "1.28", "MNIST": "0.59", "CIFAR-10": "14.82", "SVHN": "4.95"},
+}
+FORMAT_NAMES = {
+    "float": "single float",
+    "half": "half float",
+    "fixed": "fixed point",
+    "dynamic_fixed": "dynamic fixed point",
+}
+SOURCE_NOTE = (
+    "Paper columns: papers.md (recalled [M], except BinaryConnect stochastic CIFAR-10/SVHN, stated by "
+    "the reference README [V]); ours: embedded digits data, permutation-invariant."
+)
+
+
+def _col(df: pd.DataFrame, name: str, default: object = np.nan) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series(default, index=df.index)
+
+
+def binaryconnect_method(df: pd.DataFrame) -> pd.Series:
+    """The BinaryConnect table's row label of each run."""
+    method = _col(df, "quant.method", "float")
+    stochastic = _col(df, "quant.stochastic", False).fillna(False).astype(str).str.lower() == "true"
+    dropout = _col(df, "model.dropout", 0.0).fillna(0.0).astype(float)
+    labels = np.where(
+        method == "binary",
+        np.where(stochastic, "BC (stoch.)", "BC (det.)"),
+        np.where(
+            method == "float",
+            np.where(
+                dropout > 0, (dropout * 100).round().astype(int).astype(str) + "% Dropout", "No regularizer"
+            ),
+            _col(df, "quant", "").astype(str),
+        ),
+    )
+    return pd.Series(labels, index=df.index)
+
+
+def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and sample std over seeds of completed runs, per group of ``keys``; run ids of every run."""
+    rows = []
+    for values, group in df.groupby(keys, sort=False, dropna=False):
+        ok = group[group["status"] == "completed"]
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+        row["n"] = len(ok)
+        row["diverged"] = int((group["status"] == "diverged").sum())
+        for metric in ("test_error", "gap_acc", "train_error"):
+            vals = ok[metric].astype(float) if metric in ok else pd.Series(dtype=float)
+            row[f"{metric}_mean"] = vals.mean() if len(vals) else np.nan
+            row[f"{metric}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
+        row["run_ids"] = " ".join(group["run_id"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def binaryconnect_table(df: pd.DataFrame) -> pd.DataFrame:
+    runs = df.assign(method=binaryconnect_method(df), test_time=_col(df, "quant.test_time", "").fillna(""))
+    table = _summary(runs, ["model_label", "method", "test_time"])
+    rank = {m: i for i, m in enumerate(BINARYCONNECT_ORDER)}
+    table = table.assign(_r=table["method"].map(lambda m: rank.get(m, len(rank))))
+    table = table.sort_values(["model_label", "_r"], kind="stable").drop(columns="_r").reset_index(drop=True)
+    for dataset in ("PI-MNIST", "CIFAR-10", "SVHN"):
+        table[f"paper {dataset} (%)"] = table["method"].map(
+            lambda m, d=dataset: BINARYCONNECT_PAPER.get(m, {}).get(d, "")
+        )
+    return table
+
+
+def low_precision_table(df: pd.DataFrame) -> pd.DataFrame:
+    method = _col(df, "quant.method", "float")
+    prop = np.where(method == "float", 32, np.where(method == "half", 16, _col(df, "quant.prop_bits")))
+    update = np.where(method == "float", 32, np.where(method == "half", 16, _col(df, "quant.update_bits")))
+    runs = df.assign(format=method, prop_bits=prop.astype(int), update_bits=update.astype(int))
+    table = _summary(runs, ["model_label", "format", "prop_bits", "update_bits"])
+    order = {f: i for i, f in enumerate(FORMAT_NAMES)}
+    table = table.assign(_f=table["format"].map(order)).sort_values(
+        ["model_label", "_f", "prop_bits", "update_bits"], ascending=[True, True, False, False], kind="stable"
+    )
+    table = table.drop(columns="_f").reset_index(drop=True)
+    for dataset in ("PI-MNIST", "MNIST", "CIFAR-10", "SVHN"):
+        table[f"paper {dataset} (%)"] = [
+            LOW_PRECISION_PAPER.get((f, p, u), {}).get(dataset, "")
+            for f, p, u in zip(table["format"], table["prop_bits"], table["update_bits"], strict=True)
+        ]
+    table["format"] = table["format"].map(lambda f: FORMAT_NAMES.get(f, f))
+    return table
+
+
+def _pct(mean: float, std: float) -> str:
+    if np.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """The shown form: percentages with ± std, n (with diverged runs), paper columns, run ids last."""
+    keys = [
+        c
+        for c in table.columns
+        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")
+    ]
+    ours = [k for k in keys if not k.startswith("paper ")]
+    shown = table[ours].copy()
+    shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
+    for metric, heading in (
+        ("test_error", "test error (%)"),
+        ("gap_acc", "gap (acc, %)"),
+        ("train_error", "train error (%)"),
+    ):
+        shown[heading] = list(map(_pct, table[f"{metric}_mean"], table[f"{metric}_std"]))
+    for k in keys:
+        if k.startswith("paper "):
+            shown[k] = table[k]
+    shown["run ids"] = table["run_ids"]
+    return shown
+
+
+def write_paper_table(
+    table: pd.DataFrame, out_dir: str | Path, stem: str, title: str, note: str
+) -> list[Path]:
+    shown = display(table)
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    md = "\n".join([f"# {title}", "", note, "", SOURCE_NOTE, "", header, rule, *body, ""])
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    write_text(paths[0], md)
+    write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
+    write_text(paths[2], shown.drop(columns="run ids").to_latex(index=False, escape=True))
+    return paths
+
+
+def error_vs_prop_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
+    """Test error and gap against the propagation bit width, fixed vs dynamic fixed point (one line per
+    update bit width, mean over seeds with each run as a dot), single and half float as references."""
+    ok = df[df["status"] == "completed"].copy()
+    method = _col(ok, "quant.method", "float")
+    fx = ok[method.isin(["fixed", "dynamic_fixed"])].assign(
+        format=lambda d: d["quant.method"].map(FORMAT_NAMES),
+        update=lambda d: d["quant.update_bits"].astype(int).astype(str) + "-bit updates",
+        prop=lambda d: d["quant.prop_bits"].astype(int),
+    )
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
+    palette = {"fixed point": "#c44e52", "dynamic fixed point": "#4c72b0"}
+    for ax, (metric, label) in zip(
+        axes,
+        (("test_error", "test error (%)"), ("gap_acc", "generalization gap (train − test acc, %)")),
+        strict=True,
+    ):
+        if len(fx):
+            data = fx.assign(value=100 * fx[metric])
+            sns.lineplot(
+                data=data,
+                x="prop",
+                y="value",
+                hue="format",
+                style="update",
+                markers=True,
+                dashes=True,
+                errorbar=None,
+                palette=palette,
+                ax=ax,
+            )
+            sns.scatterplot(
+                data=data,
+                x="prop",
+                y="value",
+                hue="format",
+                palette=palette,
+                alpha=0.35,
+                s=18,
+                legend=False,
+                ax=ax,
+            )
+        for fmt, color in (("float", "0.2"), ("half", "0.55")):
+            ref = ok[method == fmt]
+            if len(ref):
+                ax.axhline(
+                    100 * ref[metric].mean(), color=color, ls=":", lw=1.4, label=f"{FORMAT_NAMES[fmt]} (mean)"
+                )
+        if metric == "test_error":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_xlabel("propagation bit width (sign included)")
+        ax.set_ylabel(label)
+        if len(fx):
+            ax.set_xticks(sorted(fx["prop"].unique()))
+        handles, labels = ax.get_legend_handles_labels()
+        if handles and metric == "test_error":
+            ax.legend(handles, labels, fontsize=8, frameon=True)
+        elif ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.suptitle(f"{title}: training with low-precision multiplications (Courbariaux et al. 2014)")
+    return save_figure(fig, stem)
+
+
+def write_paper_outputs(
+    df: pd.DataFrame, which: list[str], tables_dir: str | Path, figures_dir: str | Path, experiment: str
+) -> list[Path]:
+    """The paper tables (and figures) named in the experiment's ``paper_tables``."""
+    paths: list[Path] = []
+    for name in which:
+        if name == "binaryconnect":
+            paths += write_paper_table(
+                binaryconnect_table(df),
+                tables_dir,
+                "binaryconnect",
+                f"{experiment}: BinaryConnect test error (Courbariaux et al. 2015, Table 2)",
+                "Test error at the last epoch (the paper: at the best validation epoch), mean ± sample std "
+                "over seeds; gap = train acc − test acc; test_time: the weights used at test time.",
+            )
+        elif name == "low_precision":
+            paths += write_paper_table(
+                low_precision_table(df),
+                tables_dir,
+                "low_precision",
+                f"{experiment}: test error by number format (Courbariaux et al. 2014, Table 1)",
+                "Bit widths include the sign bit, as in the paper; mean ± sample std over seeds.",
+            )
+            paths += error_vs_prop_bits(df, Path(figures_dir) / "error_vs_prop_bits", experiment)
+        else:
+            raise ValueError(f"unknown paper table {name!r}; known: {', '.join(PAPER_TABLES)}")
+    return paths

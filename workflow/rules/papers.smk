@@ -1,0 +1,52 @@
+# Paper-specific tables and figures (an experiment's `paper_tables`): cheap, from the runs table only.
+
+
+def paper_targets(experiments):
+    """The files of the paper tables (and figures) the experiments ask for."""
+    out = []
+    for experiment in experiments:
+        for name in config["experiments"][experiment].get("paper_tables", []):
+            out += [f"results/{experiment}/tables/{name}.{ext}" for ext in ("md", "csv", "tex")]
+            if name == "low_precision":
+                out += [f"figures/{experiment}/error_vs_prop_bits.{ext}" for ext in ("png", "pdf")]
+    return out
+
+
+rule binaryconnect_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/binaryconnect", ".md", ".csv", ".tex"),
+    log:
+        "logs/binaryconnect_table/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables binaryconnect"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir figures/{wildcards.experiment} 2> {log:q}"
+
+
+rule low_precision_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/low_precision", ".md", ".csv", ".tex"),
+        figures=multiext("figures/{experiment}/error_vs_prop_bits", ".png", ".pdf"),
+    log:
+        "logs/low_precision_table/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables low_precision"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " 2> {log:q}"
