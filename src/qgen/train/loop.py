@@ -31,7 +31,7 @@ from qgen.io import atomic_open
 from qgen.metrics import accuracy_and_ce
 from qgen.models import build_model
 from qgen.quant import BinaryQuantizer, constrain_latent_weights, init_quantizers, quant_layers
-from qgen.train import checkpoint
+from qgen.train import checkpoint, preemption
 from qgen.train.losses import training_loss
 from qgen.train.optim import build_optimizer, lr_at, momentum_at, set_lr, set_momentum
 
@@ -148,6 +148,7 @@ def train_run(
 
     status, stop_reason, diverged_epoch = "completed", "max_epochs", None
     bar = _progress(max_epochs, start_epoch, progress)
+    stop = preemption.install()  # SIGTERM/SIGINT/SIGUSR*: checkpoint at the next batch, then exit
     if rows and target is not None and rows[-1]["train_ce"] <= target:
         stop_reason, start_epoch = "target_ce", max_epochs  # finished before the interruption
     for epoch in range(start_epoch, max_epochs):
@@ -157,10 +158,16 @@ def train_run(
         set_momentum(optimizer, momentum_at(optim_spec, epoch))
         model.train()
         order = _epoch_order(len(y_train), seed, epoch).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for start in range(0, len(order), batch_size):
+        first, loss_sum = preemption.continue_epoch(state, device)  # mid-epoch checkpoint: its offset
+        for start in range(first, len(order), batch_size):
             idx = order[start : start + batch_size]
             loss_sum += train_batch(idx) * len(idx)
+            if stop.requested:  # keep the keys of the end-of-epoch checkpoint below in step with it
+                stop.checkpoint_and_exit(
+                    ckpt_path, identity=identity, epoch=epoch, batch_start=start + len(idx),
+                    loss_sum=loss_sum, model=model, optimizer=optimizer, init_state=init_state,
+                    rows=rows, elapsed=elapsed + time.perf_counter() - t0, device=device,
+                )  # fmt: skip
         mean_loss = float(loss_sum) / len(order)
         if not torch.isfinite(torch.tensor(mean_loss)):
             status, stop_reason, diverged_epoch = "diverged", "diverged", epoch + 1
@@ -210,6 +217,7 @@ def train_run(
             break
     if bar is not None:
         bar.close()
+    stop.restore()
 
     last = rows[-1] if rows else {"train_ce": float("nan"), "train_acc": float("nan")}
     result = TrainResult(
