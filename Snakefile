@@ -12,6 +12,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/papers.smk"
+include: "workflow/rules/audit.smk"
 
 
 # ---- targets -------------------------------------------------------------------------------------
@@ -20,6 +21,7 @@ rule all:
     input:
         "results/runs.tsv",
         expand("results/{experiment}/claims.json", experiment=EXPERIMENTS),
+        expand("results/{experiment}/summary.json", experiment=EXPERIMENTS),
         expand("reports/{experiment}.html", experiment=EXPERIMENTS),
         expand(
             "results/{experiment}/tables/{table}.{ext}",

@@ -7,6 +7,8 @@ qgen prepare-data NAME --params JSON --meta DIR/meta.json
 qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
 qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
 qgen collect --experiment NAME --out runs.csv METRICS.json...
+qgen summary --runs runs.csv --claims claims.json --out summary.json
+qgen audit RUN_ID [--config CONFIG] [--keep]   rebuild one run from scratch, compare with its files
 qgen report --runs runs.csv --experiment NAME --tables-dir DIR --figures-dir DIR
 qgen paper-tables --runs runs.csv --experiment NAME --tables binaryconnect --tables-dir DIR --figures-dir DIR
 """
@@ -269,6 +271,43 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from qgen.report.summary import write_summary
+
+    write_summary(args.runs, args.claims, args.out)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from qgen.audit import AuditError, audit_run, format_report
+    from qgen.config import validate_config
+
+    try:
+        if args.config_json:
+            config = validate_config(json.loads(args.config_json))
+        else:
+            config = load_config(args.config)
+        report = audit_run(
+            args.run_id,
+            config,
+            root=args.root,
+            snakefile=args.snakefile,
+            scratch=args.scratch,
+            keep=args.keep,
+            cores=args.cores,
+            device=args.device,
+            rtol=args.rtol,
+            atol=args.atol,
+        )
+    except AuditError as err:
+        print(f"qgen audit: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_report(report))
+    if args.out:
+        qio.write_json(args.out, report)
+    return 0 if report["pass"] else 1
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from qgen.report.collect import collect, write_csv
 
@@ -407,6 +446,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--settings", default="{}", help="the config's analysis section as JSON")
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("summary", help="headline numbers of one experiment (summary.json, dvc metrics)")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--claims", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser(
+        "audit",
+        help="rebuild one run from scratch in a scratch directory and compare it with its recorded files",
+    )
+    p.add_argument("run_id")
+    p.add_argument("--config", default="config/default.yaml", help="the config that defines the run")
+    p.add_argument("--config-json", help="the config as JSON text (used by the workflow's audit rule)")
+    p.add_argument("--root", default=".", help="project folder holding results/runs/<run_id>/")
+    p.add_argument("--snakefile", help="default: ROOT/Snakefile, else the one of the qgen checkout")
+    p.add_argument("--scratch", help="empty folder to rebuild in (default: a new temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("--cores", type=int, default=1, help="cores of the rebuild")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the recorded device class")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on CPU, 1e-3 with CUDA)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: 0 on CPU, 1e-6 with CUDA)")
+    p.add_argument("--out", help="also write the audit report as JSON")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("notebook", help="execute the report notebook of one experiment into HTML")
     p.add_argument("--notebook", default="notebooks/report.py")

@@ -112,3 +112,22 @@ rule notebook:
     shell:
         "qgen notebook --notebook {input.notebook:q} --experiment {wildcards.experiment} --out {output.html:q}"
         " 2> {log:q}"
+
+
+rule summary:
+    input:
+        runs="results/{experiment}/runs.csv",
+        claims="results/{experiment}/claims.json",
+    output:
+        "results/{experiment}/summary.json",
+    log:
+        "logs/summary/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "qgen summary --runs {input.runs:q} --claims {input.claims:q} --out {output:q} 2> {log:q}"
