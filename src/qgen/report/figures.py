@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -55,6 +56,7 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
     ok = df[df["status"] == "completed"].copy()
     order = bits_order(ok["bits"]) if len(ok) else []
     hue_order = sorted(ok["model_label"].unique()) if len(ok) else []
+    np.random.seed(0)  # seaborn's stripplot jitter draws from numpy's global RNG: fixed, so rebuilds match
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels), 3.8), constrained_layout=True, squeeze=False

@@ -21,6 +21,8 @@ def execute_to_html(
 
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, cell in enumerate(nb.cells):  # nbformat draws random cell ids: fixed ones, so rebuilds match
+        cell["id"] = f"cell-{i}"
     os.environ["QGEN_EXPERIMENT"] = experiment
     os.environ["QGEN_ROOT"] = str(Path(root).resolve())
     os.environ.setdefault("MPLBACKEND", "Agg")
