@@ -317,8 +317,8 @@ def claims_markdown(claims: list[dict[str, Any]], title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        "| claim | source | metric | result | threshold | verdict |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| claim | source | metric | result | threshold | verdict | run ids |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in claims:
         if "p_value" in c:
@@ -334,6 +334,7 @@ def claims_markdown(claims: list[dict[str, Any]], title: str) -> str:
             result = f"mean {c['mean']:.3f} over {c['n']} runs"
         verdict = "**pass**" if c["pass"] else "**FAIL**"
         lines.append(
-            f"| {c['claim']} | {c['source']} | {c['metric']} | {result} | {c['threshold']} | {verdict} |"
+            f"| {c['claim']} | {c['source']} | {c['metric']} | {result} | {c['threshold']} | {verdict} "
+            f"| {c.get('run_ids', '')} |"
         )
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from qgen.analysis import bound, claims, correlation, regularization
+from qgen.audit import RUNS_ALL, RUNS_COMPLETED
 from qgen.io import write_json, write_text
 from qgen.report.collect import spec_columns
 
@@ -71,6 +72,7 @@ def analyse(
         else {}
     )
     fits = pd.concat([bound.fit_gap(logged, gap, features) for gap in settings["gaps"]], ignore_index=True)
+    fits["run_ids"] = RUNS_COMPLETED  # fitted over the completed runs (rows of runs.csv)
     write_text(out_dir / "bound.csv", fits.to_csv(index=False, lineterminator="\n"))
 
     axes = hyperparameter_axes(ok)
@@ -83,6 +85,7 @@ def analyse(
         seed=settings["seed"],
         max_condition=settings["max_condition"],
     )
+    corr["run_ids"] = RUNS_COMPLETED  # over the completed runs where the measure is defined (n)
     write_text(out_dir / "correlation.csv", corr.to_csv(index=False, lineterminator="\n"))
 
     reg = pd.concat(
@@ -95,6 +98,8 @@ def analyse(
         pd.concat([ok, df[df["status"] != "completed"]]),
         {**settings["claims"], "resamples": settings["bootstrap"], "seed": settings["seed"]},
     )
+    for claim in found:  # each check selects its runs (pairs, bit widths) among all of the experiment's
+        claim.setdefault("run_ids", RUNS_ALL)
     write_json(out_dir / "claims.json", {"experiment": experiment, "claims": found})
     write_text(out_dir / "tables" / "claims.md", claims.claims_markdown(found, f"{experiment}: claim checks"))
     return {"claims": found, "axes": axes}

@@ -26,6 +26,7 @@ import seaborn as sns
 
 from qgen.io import write_text
 from qgen.report.figures import save_figure
+from qgen.report.tables import latex_with_run_ids
 
 PAPER_TABLES = ("binaryconnect", "low_precision")
 
@@ -170,7 +171,8 @@ def write_paper_table(
     paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
     write_text(paths[0], md)
     write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
-    write_text(paths[2], shown.drop(columns="run ids").to_latex(index=False, escape=True))
+    tex = shown.drop(columns="run ids").to_latex(index=False, escape=True)
+    write_text(paths[2], latex_with_run_ids(tex, table["run_ids"]))
     return paths
 
 

@@ -3,6 +3,7 @@ gap, and the noise/sharpness/curvature measures."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,19 @@ def to_markdown(
 
 def to_latex(table: pd.DataFrame, metrics: dict[str, str] = GAP_METRICS) -> str:
     shown = _display(table, metrics).drop(columns="run ids")
-    return shown.to_latex(index=False, escape=True)
+    return latex_with_run_ids(shown.to_latex(index=False, escape=True), table["run_ids"])
+
+
+def latex_with_run_ids(tex: str, run_ids: Iterable[str]) -> str:
+    """A pandas ``to_latex`` tabular with a LaTeX comment after each body row naming its run ids: the
+    typeset table stays compact, its source names the runs behind every row."""
+    lines = tex.splitlines()
+    start, end = lines.index("\\midrule") + 1, lines.index("\\bottomrule")
+    ids = [str(r) for r in run_ids]
+    if end - start != len(ids):
+        raise ValueError(f"{end - start} table rows but {len(ids)} run id entries")
+    lines[start:end] = [f"{row} % run ids: {r}" for row, r in zip(lines[start:end], ids, strict=True)]
+    return "\n".join(lines) + "\n"
 
 
 def write_tables(
