@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from qgen.data import load_prepared, prepare
 from qgen.data.prepared import DataIntegrityError
+from qgen.data.registry import UnknownDatasetError
 from qgen.io import sha256_file
 from tests.conftest import DIGITS_PARAMS
 
@@ -75,5 +78,15 @@ def test_missing_meta_says_what_to_do(tmp_path) -> None:
 
 
 def test_unknown_dataset_is_named() -> None:
-    with pytest.raises(KeyError, match="unknown dataset 'cifar99'"):
+    with pytest.raises(UnknownDatasetError, match="unknown dataset 'cifar99'"):
         prepare("cifar99", {}, "/nonexistent")
+
+
+def test_paper_scale_dataset_without_loader_says_so(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qgen", "prepare-data", "cifar10", "--meta", str(tmp_path / "meta.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'cifar10' has no loader in this version" in proc.stderr and "dry-run" in proc.stderr

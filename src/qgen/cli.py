@@ -506,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"qgen: {err}", file=sys.stderr)
         return 2
+    except LookupError as err:
+        if type(err).__name__ != "UnknownDatasetError":  # (checked by name: importing it costs torch)
+            raise
+        print(f"qgen: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

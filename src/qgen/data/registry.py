@@ -22,6 +22,10 @@ class DatasetInfo:
     description: str
 
 
+class UnknownDatasetError(LookupError):
+    """A dataset name without a registered loader."""
+
+
 DATASETS: dict[str, DatasetInfo] = {}
 #: datasets the schema accepts for the paper-scale configs but that have no loader yet
 PAPER_SCALE = ("mnist", "cifar10", "svhn")
@@ -44,11 +48,11 @@ def get(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         if name in PAPER_SCALE:
-            raise KeyError(
+            raise UnknownDatasetError(
                 f"dataset {name!r} has no loader in this version of qgen: the paper-scale configs that "
                 "name it "
                 "validate and dry-run (`snakemake -n`), and its loader (torchvision's reader of the "
                 "official files under a path you give) comes with the datasets work; "
                 f"available: {sorted(DATASETS)}"
             ) from None
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None

@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from qgen.quant.fixed_point import straight_through
 from qgen.quant.quantizers import Quantizer
 
 TEST_TIME = ("real", "binary")
@@ -80,13 +81,13 @@ class BinaryQuantizer(Quantizer):
             plus = torch.bernoulli(hard_sigmoid(v.detach() / self.H), generator=generator).bool()
         else:
             plus = v.detach() >= 0
-        return torch.where(plus, self.H, -self.H).to(v.dtype)
+        h = torch.full((), self.H, dtype=v.dtype, device=v.device)
+        return torch.where(plus, h, -h)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         if not self.training and self.test_time == "real":
             return v
-        wb = self._binarize(v, self.training and self.stochastic, None)
-        return v + (wb - v).detach()
+        return straight_through(v, self._binarize(v, self.training and self.stochastic, None))
 
     def train_quantize(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._binarize(v, self.stochastic, generator)

@@ -9,7 +9,8 @@ Fixed point with NOB bits besides the sign and NOIB integer bits (the radix posi
 
     fixed_point(x) = clip(round(x · 2^(NOB−NOIB)), −(2^NOB − 1), 2^NOB − 1) / 2^(NOB−NOIB)
 
-i.e. round-to-nearest with saturation on a grid of step 2^−(NOB−NOIB). The paper counts the sign
+i.e. round-to-nearest (ties away from zero, as Theano's round then) with saturation on a grid of
+step 2^−(NOB−NOIB). The paper counts the sign
 bit, the code does not: a run spec gives the paper's bit widths (``prop_bits: 10`` is NOB = 9).
 
 Every layer has ten groups, each with its own range in dynamic fixed point: the weights and biases
@@ -52,11 +53,23 @@ GROUPS = ("w", "b", "z", "y", "dEdz", "dEdy", "dEdw", "dEdb", "update_w", "updat
 UPDATE_PRECISION_GROUPS = ("w", "b")
 
 
+def straight_through(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The value ``q`` exactly, with the gradient of ``v`` (∂q/∂v = 1); differentiable twice and
+    vmap-able. (``v + (q − v).detach()`` would not give exactly ``q`` in floating point.)"""
+    return q + (v - v.detach())
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest, ties away from zero: ``T.round``'s default in the Theano releases the reference
+    code ran on (Theano later switched its default to ties-to-even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
 def fixed_point(x: torch.Tensor, nob: int, noib: int | torch.Tensor) -> torch.Tensor:
     """Round ``x`` to nearest on the grid 2^−(nob−noib) and saturate at ±(2^nob − 1) steps."""
     power = 2.0 ** (nob - int(noib))
     top = float(2**nob - 1)
-    return torch.clamp(torch.round(x * power), -top, top) / power
+    return torch.clamp(round_half_away(x * power), -top, top) / power
 
 
 def overflow_limit(nob: int, noib: int | torch.Tensor) -> float:
@@ -178,7 +191,7 @@ def round_value(x: torch.Tensor, value: NumberGroup, grad: NumberGroup, training
         return x
     if training:
         return _QuantizeWithGradient.apply(x, value, grad)
-    return x + (value.quantize(x) - x).detach()
+    return straight_through(x, value.quantize(x.detach()))
 
 
 class FixedPointWeight(Quantizer):
@@ -198,7 +211,7 @@ class FixedPointWeight(Quantizer):
         object.__setattr__(self, "group", group)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return v + (self.group.quantize(v, "prop") - v).detach()
+        return straight_through(v, self.group.quantize(v.detach(), "prop"))
 
     def step_for(self, v: torch.Tensor) -> torch.Tensor:
         nob = self.group.arithmetic.prop_nob
@@ -213,4 +226,4 @@ class HalfWeight(nn.Module):
     """A parameter in float16 emulation (not a uniform grid, so no noise-model step)."""
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return v + (half_float(v) - v).detach()
+        return straight_through(v, half_float(v.detach()))
