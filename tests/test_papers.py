@@ -185,6 +185,9 @@ def test_binaryconnect_claims_pass_when_bc_regularizes_and_fail_otherwise() -> N
     good = {c["claim"]: c for c in check_claims(bc_runs(bc_error=0.01))}
     assert good["binaryconnect_lowers_test_error"]["pass"] and good["binaryconnect_shrinks_gap"]["pass"]
     assert good["binaryconnect_lowers_test_error"]["n_pairs"] == 10  # det. and stoch. twins of 5 seeds
+    assert set(good["binaryconnect_lowers_test_error"]["run_ids"].split()) == {
+        f"{k}-{s}" for k in ("fp", "bc_det", "bc_stoch") for s in range(5)
+    }
     assert set(good["binaryconnect_lowers_test_error"]["mean_change_by_step"]) == {
         "reference->bc_det",
         "reference->bc_stoch",

@@ -95,6 +95,7 @@ def _sign_test(
         "mean_change_by_step": by_step,
         "threshold": f"p < {alpha}",
         "pass": bool(n and p < alpha),
+        **({"run_ids": " ".join(pairs["run_ids"])} if "run_ids" in pairs else {}),
     }
 
 
@@ -267,6 +268,7 @@ def _mean_gap_to_float(
         "differences": [float(d) for d in diff],
         "threshold": f"mean difference <= {tol}",
         "pass": bool(mean <= tol),
+        "run_ids": " ".join(pairs["run_ids"]),
     }
 
 
@@ -297,6 +299,7 @@ def low_precision_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str
                 "low": "dynamic_fixed",
                 "value_high": merged["test_error_fxp"],
                 "value_low": merged["test_error"],
+                "run_ids": merged["run_id_fxp"] + " " + merged["run_id"],
             }
         )
         if len(pairs):
