@@ -18,6 +18,7 @@ import io
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,31 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, leave=False)
 
 
+def batch_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss: str = "ce", forward: nn.Module | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One optimizer step on a batch, with what a method adds after the update: BinaryConnect clips
+    its latent weights to [−H, H]; dynamic fixed point counts batches and moves its ranges."""
+    loss_fn = training_loss(loss, model)
+    binary = [
+        (m, m.weight_quant) for _, m in quant_layers(model) if isinstance(m.weight_quant, BinaryQuantizer)
+    ]
+    after_step = getattr(model, "after_step", None)
+    forward = forward or model
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = loss_fn(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        constrain_latent_weights(binary)
+        if after_step is not None:
+            after_step()
+        return value.detach()
+
+    return step
+
+
 def train_run(
     spec: dict[str, Any],
     data: PreparedData,
@@ -102,23 +128,12 @@ def train_run(
     model = build_model(spec, data.input_shape, data.num_classes).to(device)
     x_train, y_train = data.train["x"].to(device), data.train["y"].to(device)
     optimizer = build_optimizer(model, optim_spec)
-    loss_fn = training_loss(train_spec.get("loss", "ce"), model)
-    binary = [
-        (m, m.weight_quant) for _, m in quant_layers(model) if isinstance(m.weight_quant, BinaryQuantizer)
-    ]
-    after_step = getattr(model, "after_step", None)  # e.g. dynamic fixed point range updates
     batch_size = optim_spec["batch_size"]
     step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
+    step = batch_step(model, optimizer, train_spec.get("loss", "ce"), step_model)
 
     def train_batch(idx: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(step_model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        constrain_latent_weights(binary)  # BinaryConnect: latent weights stay in [−H, H]
-        if after_step is not None:
-            after_step()
-        return loss.detach()
+        return step(x_train[idx], y_train[idx])
 
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed, resumed = 0, 0.0, None
