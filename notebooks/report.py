@@ -118,3 +118,40 @@ display(Markdown((res / "tables" / "claims.md").read_text().split("\n", 2)[2]))
 passed = sum(c["pass"] for c in claims)
 display(Markdown(f"**Reading.** {passed} of {len(claims)} claims pass on `{experiment}`: "
                  + ", ".join(f"{c['claim']} ({'pass' if c['pass'] else 'fail'})" for c in claims) + "."))
+
+# %% [markdown]
+# ## 7. The seed papers' tables
+# For experiments that reproduce a seed paper's table (`paper_tables` in the config): our rows beside the
+# paper's. Our runs use the embedded digits data, so the paper columns are a reference for the ordering of
+# the rows, not for their values.
+
+# %%
+tables = res / "tables"
+shown = False
+if (tables / "binaryconnect.md").exists():
+    shown = True
+    display(Markdown((tables / "binaryconnect.md").read_text().split("\n", 2)[2]))
+    bc = pd.read_csv(tables / "binaryconnect.csv").set_index("method")
+    err = {m: 100 * bc.loc[m, "test_error_mean"] for m in bc.index}
+    best = min(err, key=err.get)
+    display(Markdown(
+        "**Reading.** Test error (%): " + ", ".join(f"{m} {e:.2f}" for m, e in err.items())
+        + f". Lowest: {best}. In the paper (PI-MNIST) the order is 50% dropout < BC (stoch.) < BC (det.) ≈ "
+        "no regularizer; the claim checks (section 6) compare each BC run with its no-regularizer twin."))
+if (tables / "low_precision.md").exists():
+    shown = True
+    display(Markdown((tables / "low_precision.md").read_text().split("\n", 2)[2]))
+    display(Image(filename=str(fig / "error_vs_prop_bits.png")))
+    lp = pd.read_csv(tables / "low_precision.csv")
+    flp = lp.loc[lp["format"] == "single float", "test_error_mean"].mean()
+
+    def fewest_bits(fmt: str) -> str:
+        rows = lp[(lp["format"] == fmt) & (lp["test_error_mean"] <= flp + 0.01)]
+        return f"{rows['prop_bits'].min()}" if len(rows) else "none of the tested widths"
+
+    display(Markdown(
+        f"**Reading.** Single float: {100 * flp:.2f} % test error. Within 1 point of it, fixed point needs "
+        f"{fewest_bits('fixed point')} propagation bits and dynamic fixed point {fewest_bits('dynamic fixed point')} "
+        "(the paper: 20 and 10 bits, PI-MNIST)."))
+if not shown:
+    display(Markdown("This experiment has no paper table."))

@@ -98,6 +98,7 @@ rule notebook:
         runs="results/{experiment}/runs.csv",
         claims="results/{experiment}/claims.json",
         figures=rules.report.output,
+        papers=lambda wildcards: paper_targets([wildcards.experiment]),
     output:
         html="reports/{experiment}.html",
     log:
