@@ -1,6 +1,7 @@
 # Shared set-up: validate the config, expand experiments into runs, helpers for inputs and params.
 import json
 import os
+import re
 import sys
 
 from snakemake.utils import min_version
@@ -29,6 +30,36 @@ os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
 # cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
 MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
 os.environ["QGEN_MEASURES"] = MEASURES_JSON
+
+
+# Cluster resources: what each job asks the scheduler for (config.resources, config.cluster). They are
+# resources, never params, so changing them never reruns a finished job or changes a run id.
+CLUSTER_ENV = {
+    "partition": "QGEN_SLURM_PARTITION",
+    "gpu_partition": "QGEN_SLURM_GPU_PARTITION",
+    "account": "QGEN_SLURM_ACCOUNT",
+}
+
+
+def cluster_setting(key):
+    """config.cluster.<key>, else its environment variable, else None (SLURM's default)."""
+    value = config["cluster"][key] or os.environ.get(CLUSTER_ENV[key]) or None
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]+", value):
+        raise ValueError(f"cluster.{key} / ${CLUSTER_ENV[key]}: {value!r} is not a SLURM name")
+    return value
+
+
+def rule_resources(rule):
+    """The resources: of a rule that runs as a cluster job, from config.resources.<rule>."""
+    settings = config["resources"][rule]
+    gpus = settings.get("gpus", 0)
+    res = {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"], "gpu": gpus}
+    partition = (cluster_setting("gpu_partition") if gpus else None) or cluster_setting("partition")
+    if partition:
+        res["slurm_partition"] = partition
+    if cluster_setting("account"):
+        res["slurm_account"] = cluster_setting("account")
+    return res
 
 
 # Passed on to jobs in distributed execution.

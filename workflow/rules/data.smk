@@ -14,7 +14,6 @@ rule prepare_data:
         "../../environment.yml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **rule_resources("prepare_data"),
     shell:
         "qgen prepare-data {wildcards.dataset} --params {params.prep:q} --meta {output.meta:q} 2> {log:q}"

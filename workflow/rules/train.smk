@@ -2,6 +2,10 @@
 # rule adopts when its settings and the model file still match (an interpreter start with torch costs
 # more than a small run's training). Each run's files stay separate DAG targets; measure settings are
 # params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
+# On a cluster both rules belong to the group "runs": profiles/slurm packs the jobs of several runs into
+# one SLURM job (group-components), so thousands of small runs do not become thousands of SLURM jobs. A
+# group job runs its runs one after another; `runs_at_once` (limited to 1 per group job by the profile)
+# makes Snakemake size the request the same way: one run's CPUs, memory and GPUs, the sum of runtimes.
 
 
 rule train:
@@ -19,8 +23,10 @@ rule train:
         "../../environment.yml"
     threads: RUNTIME["threads"]
     resources:
-        mem_mb=2000,
-        runtime=120,
+        **rule_resources("train"),
+        runs_at_once=1,
+    group:
+        "runs"
     shell:
         "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
         " --out-log {output.log_csv:q} --out-metrics {output.metrics:q}"
@@ -41,8 +47,10 @@ rule measure:
         "../../environment.yml"
     threads: RUNTIME["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **rule_resources("measure"),
+        runs_at_once=1,
+    group:
+        "runs"
     shell:
         "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
         " --cache $(dirname {input.model:q})/measures.cache.json --out {output.measures:q} --threads {threads}"
