@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -322,7 +321,3 @@ def format_report(report: dict[str, Any]) -> str:
                 f"rebuilt {_short(d['rebuilt'])}{delta}"
             )
     return "\n".join(lines) + "\n"
-
-
-def default_cores() -> int:
-    return max(1, min(4, os.cpu_count() or 1))

@@ -17,8 +17,7 @@ rule audit:
         "../../environment.yml"
     threads: RUNTIME["threads"]
     resources:
-        mem_mb=4000,
-        runtime=180,
+        **rule_resources("train"),  # a training job's request (GPU, memory, time): it rebuilds one run
     shell:
         "qgen audit {wildcards.run_id} --config-json {params.config:q} --snakefile {params.snakefile:q}"
         " --cores {threads} --out {output:q} > {log:q} 2>&1"
