@@ -110,3 +110,14 @@ def runs_table_text(wildcards):
 
 # The report notebook ships with the workflow; jobs may run in another working directory (-d).
 REPORT_NOTEBOOK = os.path.relpath(os.path.join(workflow.basedir, "notebooks", "report.py"))
+
+
+def paper_targets(experiments):
+    """The files of the paper tables (and figures) the experiments ask for."""
+    out = []
+    for experiment in experiments:
+        for name in config["experiments"][experiment].get("paper_tables", []):
+            out += [f"results/{experiment}/tables/{name}.{ext}" for ext in ("md", "csv", "tex")]
+            if name == "low_precision":
+                out += [f"figures/{experiment}/error_vs_prop_bits.{ext}" for ext in ("png", "pdf")]
+    return out

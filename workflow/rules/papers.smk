@@ -1,17 +1,6 @@
 # Paper-specific tables and figures (an experiment's `paper_tables`): cheap, from the runs table only.
 
 
-def paper_targets(experiments):
-    """The files of the paper tables (and figures) the experiments ask for."""
-    out = []
-    for experiment in experiments:
-        for name in config["experiments"][experiment].get("paper_tables", []):
-            out += [f"results/{experiment}/tables/{name}.{ext}" for ext in ("md", "csv", "tex")]
-            if name == "low_precision":
-                out += [f"figures/{experiment}/error_vs_prop_bits.{ext}" for ext in ("png", "pdf")]
-    return out
-
-
 rule binaryconnect_table:
     input:
         runs="results/{experiment}/runs.csv",
