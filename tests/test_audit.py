@@ -16,14 +16,12 @@ import pytest
 from qgen.audit import (
     CUDA_ATOL,
     CUDA_RTOL,
-    RUNS_ALL,
-    RUNS_COMPLETED,
     AuditError,
     audit_run,
     compare_records,
-    resolve_run_ids,
 )
 from qgen.config import validate_config
+from qgen.report.collect import RUNS_ALL, RUNS_COMPLETED, resolve_run_ids
 from qgen.report.summary import summarize
 from tests.conftest import REPO
 from tests.test_workflow import TINY, snakemake

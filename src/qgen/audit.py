@@ -16,7 +16,7 @@ version) is printed for both sides, never compared.
 Tables name the runs behind each row in a ``run_ids`` column: run ids separated by spaces, or a
 reference to the experiment's runs table for rows computed over many runs (``runs.csv`` = every row of
 ``results/<experiment>/runs.csv``, ``runs.csv#status=completed`` = its completed runs);
-:func:`resolve_run_ids` turns either form into run ids.
+``qgen.report.collect.resolve_run_ids`` turns either form into run ids.
 """
 
 from __future__ import annotations
@@ -39,35 +39,10 @@ CUDA_RTOL = 1e-3
 CUDA_ATOL = 1e-6
 #: the files of a run that are compared
 RUN_FILES = ("metrics.json", "measures.json")
-#: ``run_ids`` references to the experiment's runs table
-RUNS_ALL = "runs.csv"
-RUNS_COMPLETED = "runs.csv#status=completed"
 
 
 class AuditError(RuntimeError):
     """The audit could not be carried out (unknown run, nothing recorded, rebuild failed)."""
-
-
-# ---- run id references ---------------------------------------------------------------------------
-
-
-def resolve_run_ids(cell: str, runs: Any) -> list[str]:
-    """The run ids a table's ``run_ids`` cell names; ``runs`` is the experiment's runs table.
-
-    A cell is either run ids separated by spaces or a reference ``runs.csv[#key=value[&key=value]]``
-    to the rows of the runs table whose columns equal those values.
-    """
-    cell = str(cell).strip()
-    if not cell.startswith(RUNS_ALL):
-        return cell.split()
-    _, _, query = cell.partition("#")
-    selected = runs
-    for condition in filter(None, query.split("&")):
-        key, sep, value = condition.partition("=")
-        if not sep or key not in runs.columns:
-            raise ValueError(f"run id reference {cell!r}: cannot filter on {condition!r}")
-        selected = selected[selected[key].astype(str) == value]
-    return [str(r) for r in selected["run_id"]]
 
 
 # ---- comparison -----------------------------------------------------------------------------------

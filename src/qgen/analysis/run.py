@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from qgen.analysis import bound, claims, correlation, regularization
-from qgen.audit import RUNS_ALL, RUNS_COMPLETED
 from qgen.io import write_json, write_text
-from qgen.report.collect import spec_columns
+from qgen.report.collect import RUNS_ALL, RUNS_COMPLETED, spec_columns
 
 #: measure families correlated with the gap (prefixes of runs.csv columns)
 MEASURE_PREFIXES = (

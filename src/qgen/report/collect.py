@@ -87,3 +87,27 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 def read_runs(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"bits": str})
+
+
+#: ``run_ids`` references to the experiment's runs table
+RUNS_ALL = "runs.csv"
+RUNS_COMPLETED = "runs.csv#status=completed"
+
+
+def resolve_run_ids(cell: str, runs: Any) -> list[str]:
+    """The run ids a table's ``run_ids`` cell names; ``runs`` is the experiment's runs table.
+
+    A cell is either run ids separated by spaces or a reference ``runs.csv[#key=value[&key=value]]``
+    to the rows of the runs table whose columns equal those values.
+    """
+    cell = str(cell).strip()
+    if not cell.startswith(RUNS_ALL):
+        return cell.split()
+    _, _, query = cell.partition("#")
+    selected = runs
+    for condition in filter(None, query.split("&")):
+        key, sep, value = condition.partition("=")
+        if not sep or key not in runs.columns:
+            raise ValueError(f"run id reference {cell!r}: cannot filter on {condition!r}")
+        selected = selected[selected[key].astype(str) == value]
+    return [str(r) for r in selected["run_id"]]

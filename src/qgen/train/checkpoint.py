@@ -16,3 +16,30 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def training_state(
+    identity: str,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    init_state: dict[str, torch.Tensor],
+    rows: list[dict[str, Any]],
+    elapsed: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Everything a resumed run needs after ``epoch`` finished epochs: weights and buffers, optimizer
+    state, RNG states, initial weights and the log so far (a mid-epoch checkpoint adds ``partial``)."""
+    state = {
+        "spec_hash": identity,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "init_state": init_state,
+        "log": rows,
+        "elapsed": elapsed,
+    }
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state

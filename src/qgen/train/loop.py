@@ -177,12 +177,12 @@ def train_run(
         for start in range(first, len(order), batch_size):
             idx = order[start : start + batch_size]
             loss_sum += train_batch(idx) * len(idx)
-            if stop.requested:  # keep the keys of the end-of-epoch checkpoint below in step with it
-                stop.checkpoint_and_exit(
-                    ckpt_path, identity=identity, epoch=epoch, batch_start=start + len(idx),
-                    loss_sum=loss_sum, model=model, optimizer=optimizer, init_state=init_state,
-                    rows=rows, elapsed=elapsed + time.perf_counter() - t0, device=device,
+            if stop.requested:  # checkpoint mid-epoch (same contents as below, plus the offset)
+                partial = checkpoint.training_state(
+                    identity, epoch, model, optimizer, init_state, rows,
+                    elapsed + time.perf_counter() - t0, device,
                 )  # fmt: skip
+                stop.checkpoint_and_exit(ckpt_path, partial, batch_start=start + len(idx), loss_sum=loss_sum)
         mean_loss = float(loss_sum) / len(order)
         if not torch.isfinite(torch.tensor(mean_loss)):
             status, stop_reason, diverged_epoch = "diverged", "diverged", epoch + 1
@@ -215,18 +215,9 @@ def train_run(
         if done:
             stop_reason = "target_ce"
         if done or (epoch + 1) % runtime.get("checkpoint_every", 5) == 0:
-            state = {
-                "spec_hash": identity,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "init_state": init_state,
-                "log": rows,
-                "elapsed": elapsed,
-            }
-            if device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            state = checkpoint.training_state(
+                identity, epoch + 1, model, optimizer, init_state, rows, elapsed, device
+            )
             checkpoint.save(ckpt_path, state)
         if done:
             break

@@ -95,42 +95,17 @@ class StopRequest:
             signal.raise_signal(signum)
 
     def checkpoint_and_exit(
-        self,
-        path: Path,
-        *,
-        identity: str,
-        epoch: int,
-        batch_start: int,
-        loss_sum: torch.Tensor,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        init_state: dict[str, torch.Tensor],
-        rows: list[dict[str, Any]],
-        elapsed: float,
-        device: torch.device,
+        self, path: Path, state: dict[str, Any], *, batch_start: int, loss_sum: torch.Tensor
     ) -> None:
-        """Write the mid-epoch checkpoint (``epoch`` epochs done, the next batch starts at example
-        ``batch_start`` of the epoch's order) and raise :class:`TrainingInterrupted`.
-
-        The keys are those of the loop's end-of-epoch checkpoint plus ``partial``."""
+        """Write ``state`` (qgen.train.checkpoint.training_state after ``state["epoch"]`` finished epochs)
+        as a mid-epoch checkpoint whose next batch starts at example ``batch_start`` of the epoch's order,
+        then raise :class:`TrainingInterrupted`."""
         assert self.signum is not None
-        state = {
-            "spec_hash": identity,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "init_state": init_state,
-            "log": rows,
-            "elapsed": elapsed,
-            "partial": {"batch_start": batch_start, "loss_sum": loss_sum.detach().cpu()},
-        }
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(device)
+        state = {**state, "partial": {"batch_start": batch_start, "loss_sum": loss_sum.detach().cpu()}}
         t0 = time.perf_counter()
         checkpoint.save(path, state)
         self._restore()
-        err = TrainingInterrupted(self.signum, path, epoch, batch_start)
+        err = TrainingInterrupted(self.signum, path, state["epoch"], batch_start)
         log.warning("%s (checkpoint written in %.2f s)", err, time.perf_counter() - t0)
         raise err
 
