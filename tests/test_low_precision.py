@@ -20,11 +20,11 @@ from qgen.quant.fixed_point import (
     range_step,
     round_value,
 )
-from qgen.train import checkpoint, train_run
+from qgen.train import train_run
 from qgen.train.loop import _initialize_ranges
 from qgen.train.low_precision import LowPrecisionSGD
 from qgen.train.optim import lr_at, momentum_at
-from tests.test_training import state_equal, train
+from tests.test_training import kill_after_second_checkpoint, state_equal, train
 
 
 def closed_form(x: np.ndarray, nob: int, noib: int) -> np.ndarray:
@@ -281,18 +281,7 @@ def test_interrupted_low_precision_run_resumes_to_the_same_result(
     in the checkpoint, so a killed run ends bit-identical to an uninterrupted one."""
     spec = _lowprec_spec(spec_factory, **quant)
     reference, _, _ = train(spec, digits, tmp_path / "ref")
-    real_save, calls = checkpoint.save, {"n": 0}
-
-    def crash_after_second_checkpoint(path, state):
-        real_save(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 4")
-
-    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, digits, tmp_path / "run")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    kill_after_second_checkpoint(monkeypatch, spec, digits, tmp_path / "run")
     resumed, _, result = train(spec, digits, tmp_path / "run")
     assert result.resumed_from_epoch == 4
     assert state_equal(reference, resumed)

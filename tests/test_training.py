@@ -43,6 +43,22 @@ def test_same_seed_twice_gives_identical_model_and_metrics(tmp_path, digits, spe
     assert not state_equal(m1, m3)
 
 
+def kill_after_second_checkpoint(monkeypatch, spec, data, out_dir) -> None:
+    """Train ``spec`` into ``out_dir`` and simulate a kill right after its second checkpoint."""
+    real_save, calls = checkpoint.save, {"n": 0}
+
+    def crash_after_second_checkpoint(path, state):
+        real_save(path, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill after the second checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, data, out_dir)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+
+
 @pytest.mark.parametrize("quant", [{"method": "lsq"}, {"method": "uniform"}, {"method": "float"}])
 def test_interrupted_training_resumes_to_the_same_result(
     tmp_path, digits, spec_factory, monkeypatch, quant
@@ -50,18 +66,7 @@ def test_interrupted_training_resumes_to_the_same_result(
     spec = spec_factory(quant=quant, model={"dropout": 0.1}, train={"max_epochs": 7})
     reference, _, ref_result = train(spec, digits, tmp_path / "ref")
 
-    real_save, calls = checkpoint.save, {"n": 0}
-
-    def crash_after_second_checkpoint(path, state):
-        real_save(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill after epoch 4")
-
-    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, digits, tmp_path / "run")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    kill_after_second_checkpoint(monkeypatch, spec, digits, tmp_path / "run")
     assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["epoch"] == 4
 
     resumed, _, result = train(spec, digits, tmp_path / "run")

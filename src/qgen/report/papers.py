@@ -26,7 +26,7 @@ import seaborn as sns
 
 from qgen.io import write_text
 from qgen.report.figures import save_figure
-from qgen.report.tables import latex_with_run_ids
+from qgen.report.tables import aggregate_over_seeds, latex_with_run_ids
 
 PAPER_TABLES = ("binaryconnect", "low_precision")
 
@@ -81,20 +81,7 @@ def binaryconnect_method(df: pd.DataFrame) -> pd.Series:
 
 
 def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean and sample std over seeds of completed runs, per group of ``keys``; run ids of every run."""
-    rows = []
-    for values, group in df.groupby(keys, sort=False, dropna=False):
-        ok = group[group["status"] == "completed"]
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
-        row["n"] = len(ok)
-        row["diverged"] = int((group["status"] == "diverged").sum())
-        for metric in ("test_error", "gap_acc", "train_error"):
-            vals = ok[metric].astype(float) if metric in ok else pd.Series(dtype=float)
-            row[f"{metric}_mean"] = vals.mean() if len(vals) else np.nan
-            row[f"{metric}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
-        row["run_ids"] = " ".join(group["run_id"])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return aggregate_over_seeds(df, keys, [m for m in ("test_error", "gap_acc", "train_error") if m in df])
 
 
 def binaryconnect_table(df: pd.DataFrame) -> pd.DataFrame:

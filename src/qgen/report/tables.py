@@ -49,13 +49,9 @@ def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
     return summary_by_bits(df, GAP_METRICS)
 
 
-def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
-    """One row per configuration (varying hyperparameters × quantizer), ``metrics`` aggregated over
-    seeds. Diverged runs are excluded from the statistics and counted in ``diverged``; metrics absent
-    from ``df`` are skipped."""
-    metrics = {k: v for k, v in metrics.items() if k in df.columns}
-    keys = ["model_label", *varying_hyperparameters(df), "quant", "bits"]
-    keys = list(dict.fromkeys(k for k in keys if k in df.columns))
+def aggregate_over_seeds(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """One row per group of ``keys``: ``n`` completed runs, ``diverged`` runs (left out of the
+    statistics), mean and sample std of each metric, and the run ids of every run of the group."""
     rows = []
     for values, group in df.groupby(keys, sort=False, dropna=False):
         ok = group[group["status"] == "completed"]
@@ -68,7 +64,16 @@ def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
             row[f"{metric}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
         row["run_ids"] = " ".join(group["run_id"])
         rows.append(row)
-    out = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
+    """One row per configuration (varying hyperparameters × quantizer), ``metrics`` aggregated over
+    seeds. Diverged runs are excluded from the statistics and counted in ``diverged``; metrics absent
+    from ``df`` are skipped."""
+    keys = ["model_label", *varying_hyperparameters(df), "quant", "bits"]
+    keys = list(dict.fromkeys(k for k in keys if k in df.columns))
+    out = aggregate_over_seeds(df, keys, [m for m in metrics if m in df.columns])
     order = {b: i for i, b in enumerate(bits_order(out["bits"]))}
     sort_keys = [k for k in keys if k not in ("quant", "bits")]
     out = out.assign(_b=out["bits"].map(order)).sort_values([*sort_keys, "_b"], kind="stable")
