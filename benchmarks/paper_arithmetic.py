@@ -23,7 +23,7 @@ import statistics
 from typing import Any
 
 import torch
-from step_time import quartiles, time_steps
+from step_time import interleaved, quartiles
 
 from qgen.models import build_model
 from qgen.train.loop import batch_step
@@ -101,10 +101,7 @@ def main() -> None:
     print(f"{'family':<25} {'variant':<11} {'ms/step':>9} {'vs float':>9} {'IQR':>13}")
     for family, (model_spec, optim, loss, variants) in FAMILIES.items():
         steps = {name: make_step(model_spec, optim, loss, q, args.batch) for name, q in variants.items()}
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                times[name].append(time_steps(step, args.steps))
+        times = interleaved(steps, args.rounds, args.steps)
         for name in variants:
             ratios = [b / a for a, b in zip(times["float"], times[name], strict=True)]
             lo, med, hi = quartiles(ratios)

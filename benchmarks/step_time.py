@@ -69,6 +69,16 @@ def time_steps(step, k: int) -> float:
     return (time.perf_counter() - t0) / k
 
 
+def interleaved(steps: dict[str, Any], rounds: int, k: int) -> dict[str, list[float]]:
+    """Seconds per step of every variant, ``rounds`` times ``k`` steps, the variants taking turns in
+    each round so that a slow phase of the machine hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(time_steps(step, k))
+    return times
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(values, n=4, method="inclusive")
     return q[0], statistics.median(values), q[2]
@@ -97,10 +107,7 @@ def main() -> None:
     for label, model_spec in MODELS.items():
         for mode in modes:
             steps = {q: make_step(model_spec, spec, args.batch, mode) for q, spec in QUANT.items()}
-            times: dict[str, list[float]] = {q: [] for q in QUANT}
-            for _ in range(args.rounds):
-                for q, step in steps.items():
-                    times[q].append(time_steps(step, args.steps))
+            times = interleaved(steps, args.rounds, args.steps)
             ratios = [b / a for a, b in zip(times["float"], times["lsq_w4a4"], strict=True)]
             lo, med, hi = quartiles(ratios)
             print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,13 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def spec_factory():
     return make_spec
+
+
+def train_command(spec_json: str, meta: str, out: str, *, checkpoint_every: int) -> list[str]:
+    """The `qgen train` command line of one run on CPU writing into the folder ``out``."""
+    return [
+        sys.executable, "-m", "qgen", "train", "--spec", spec_json, "--data-meta", meta,
+        "--out-model", f"{out}/model.pt", "--out-log", f"{out}/train_log.csv",
+        "--out-metrics", f"{out}/metrics.json", "--device", "cpu",
+        "--checkpoint-every", str(checkpoint_every),
+    ]  # fmt: skip

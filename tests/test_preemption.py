@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from qgen import runtime
 from qgen.measures.gap import generalization_metrics
 from qgen.train import checkpoint, loop, preemption, train_run
+from tests.conftest import train_command
 
 RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 100}
 
@@ -103,29 +103,6 @@ def test_second_signal_stops_at_once_and_a_late_request_is_delivered_again() -> 
         signal.signal(signal.SIGUSR2, previous)
 
 
-def _train_cmd(spec_json: str, meta: str, out: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "qgen",
-        "train",
-        "--spec",
-        spec_json,
-        "--data-meta",
-        meta,
-        "--out-model",
-        f"{out}/model.pt",
-        "--out-log",
-        f"{out}/train_log.csv",
-        "--out-metrics",
-        f"{out}/metrics.json",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "100",  # no end-of-epoch checkpoint: only the signal writes one
-    ]
-
-
 def test_sigterm_to_a_qgen_train_process_resumes_with_identical_metrics(
     tmp_path, digits_dir, spec_factory
 ) -> None:
@@ -141,9 +118,11 @@ def test_sigterm_to_a_qgen_train_process_resumes_with_identical_metrics(
     meta = str(digits_dir / "meta.json")
     env = {**os.environ, "QGEN_RUNTIME": "", "QGEN_MEASURES": ""}
     ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
-    subprocess.run(_train_cmd(spec_json, meta, ref), env=env, check=True, capture_output=True)
+    # no end-of-epoch checkpoint: only the signal writes one
+    ref_cmd, run_cmd = (train_command(spec_json, meta, d, checkpoint_every=100) for d in (ref, run))
+    subprocess.run(ref_cmd, env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(spec_json, meta, run), env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(run_cmd, env=env, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:  # one line per finished epoch: signal during the second epoch
         lines.append(line)
@@ -159,7 +138,7 @@ def test_sigterm_to_a_qgen_train_process_resumes_with_identical_metrics(
     state = checkpoint.load(f"{run}/checkpoint.pt")
     assert state["epoch"] == 1 and 0 < state["partial"]["batch_start"] <= 1347
 
-    resumed = subprocess.run(_train_cmd(spec_json, meta, run), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(run_cmd, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"continuing epoch 2 at example {state['partial']['batch_start']}" in resumed.stderr
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ref", "run"))

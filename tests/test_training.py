@@ -16,6 +16,7 @@ import torch
 from qgen import runtime
 from qgen.measures.gap import generalization_metrics
 from qgen.train import checkpoint, lr_at, train_run
+from tests.conftest import train_command
 
 RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 2}
 
@@ -119,24 +120,7 @@ def test_lr_schedules() -> None:
 
 
 def _train_cli(spec_json: str, meta: str, out: str, env: dict) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "qgen",
-        "train",
-        "--spec",
-        spec_json,
-        "--data-meta",
-        meta,
-        "--out-model",
-        f"{out}/model.pt",
-        "--out-log",
-        f"{out}/train_log.csv",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "1",
-    ]
+    cmd = train_command(spec_json, meta, out, checkpoint_every=1)
     return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
 
 
