@@ -15,6 +15,14 @@ from qgen.experiments import normalize_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_PARAMS = {"test_fraction": 0.25, "split_seed": 0}
+# fixtures that build a whole pipeline: a test that uses one is marked `slow`
+PIPELINE_FIXTURES = {"built", "clone", "recorded", "slurm_cluster", "cluster_built"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
