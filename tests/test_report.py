@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qgen.report.figures import gap_vs_bits
+from qgen.report.figures import gap_vs_bits, series_labels
 from qgen.report.tables import bits_order, gap_by_bits, to_markdown, write_gap_tables
 
 
@@ -75,3 +75,44 @@ def test_tables_and_figure_are_written(tmp_path) -> None:
     assert all(p.exists() and p.stat().st_size > 100 for p in paths)
     figs = gap_vs_bits(df, tmp_path / "fig" / "gap", "synthetic")
     assert [p.suffix for p in figs] == [".png", ".pdf"] and all(p.stat().st_size > 5000 for p in figs)
+
+
+def test_figure_series_separate_runs_that_differ_in_more_than_bits() -> None:
+    """A bit-width sweep keeps one series per model; BinaryConnect's rows (float vs dropout at FP32,
+    deterministic vs stochastic at 1 bit) and fixed vs dynamic fixed point at one width never share a
+    mean."""
+    sweep = synthetic_runs()
+    assert sorted(series_labels(sweep).unique()) == ["mlp2x256", "mlp2x32"]
+
+    def run(bits: str, **settings: object) -> dict:
+        return {"bits": bits, "model_label": "mlp3x256", "model.width": 256, "model.dropout": 0.0,
+                "quant.method": "float", "quant.stochastic": np.nan, "quant.prop_bits": np.nan,
+                "quant.update_bits": np.nan, **settings}  # fmt: skip
+
+    bc = pd.DataFrame(
+        [
+            run("FP32"),
+            run("FP32", **{"model.dropout": 0.5}),
+            run("1", **{"quant.method": "binary", "quant.stochastic": False}),
+            run("1", **{"quant.method": "binary", "quant.stochastic": True}),
+        ]
+    )
+    assert list(series_labels(bc)) == [
+        "mlp3x256 dropout=0",
+        "mlp3x256 dropout=0.5",
+        "mlp3x256 stochastic=False",
+        "mlp3x256 stochastic=True",
+    ]
+    lowp = pd.DataFrame(
+        [
+            run(str(p), **{"quant.method": m, "quant.prop_bits": p, "quant.update_bits": 12.0})
+            for m in ("fixed", "dynamic_fixed")
+            for p in (10.0, 20.0)
+        ]
+    )
+    assert list(series_labels(lowp)) == [  # the propagation width is the x axis, not part of the label
+        "mlp3x256 method=fixed",
+        "mlp3x256 method=fixed",
+        "mlp3x256 method=dynamic_fixed",
+        "mlp3x256 method=dynamic_fixed",
+    ]

@@ -27,6 +27,30 @@ MEASURE_PANELS = {
     "hessian.trace": "Hessian trace tr(H)",
 }
 LOG_SCALE = {"train_ce", "pacbayes.sigma", "pacbayes.mag.sigma", "sharpness.alpha", "hessian.trace"}
+# spec columns shown by the model label or by the x axis of the by-bits figures
+LABELLED = {
+    *("model.name", "model.depth", "model.width"),
+    *("quant.weight_bits", "quant.act_bits", "quant.prop_bits"),
+}
+
+
+def _value(v: object) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def series_labels(runs: pd.DataFrame) -> pd.Series:
+    """What each run's line in a by-bits figure stands for: its model label, plus every model or quantizer
+    setting that takes several values among the runs at its bit width (BinaryConnect's deterministic and
+    stochastic runs at 1 bit, the dropout baseline beside the plain float run, fixed and dynamic fixed point
+    at one propagation width...), so runs that differ in more than the bit width never share a mean."""
+    cols = [c for c in runs.columns if c.startswith(("model.", "quant.")) and c not in LABELLED]
+    labels = runs["model_label"].astype(str)
+    for _, group in runs.groupby("bits", sort=False):
+        varying = [c for c in cols if group[c].astype(str).nunique() > 1]
+        for i, row in group[varying].iterrows():
+            parts = [f"{c.split('.', 1)[1]}={_value(v)}" for c, v in row.items() if pd.notna(v)]
+            labels[i] = " ".join([labels[i], *parts])
+    return labels
 
 
 def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
@@ -52,14 +76,17 @@ def measures_vs_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Pat
 
 
 def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, title: str) -> list[Path]:
-    """One panel per metric against bit width: one dot per run, mean ± sd per model."""
+    """One panel per metric against bit width: one dot per run, mean ± sd per model (and per setting that
+    varies at one bit width, see ``series_labels``)."""
     ok = df[df["status"] == "completed"].copy()
+    ok["series"] = series_labels(ok) if len(ok) else []
     order = bits_order(ok["bits"]) if len(ok) else []
-    hue_order = sorted(ok["model_label"].unique()) if len(ok) else []
+    hue_order = sorted(ok["series"].unique()) if len(ok) else []
     np.random.seed(0)  # seaborn's stripplot jitter draws from numpy's global RNG: fixed, so rebuilds match
     sns.set_theme(style="whitegrid", context="notebook")
+    panel_width = max(4.2, 1.2 + 0.6 * len(order))  # room for every bit-width label
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.2 * len(panels), 3.8), constrained_layout=True, squeeze=False
+        1, len(panels), figsize=(panel_width * len(panels), 3.8), constrained_layout=True, squeeze=False
     )
     axes = list(axes[0])
     palette = sns.color_palette("deep", n_colors=max(len(hue_order), 1))
@@ -72,7 +99,7 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
             "data": ok,
             "x": "bits",
             "y": metric,
-            "hue": "model_label",
+            "hue": "series",
             "order": order,
             "hue_order": hue_order,
             "palette": palette,
@@ -93,7 +120,7 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
         if metric in LOG_SCALE and (ok[metric] > 0).all():
             ax.set_yscale("log")
     if len(ok):
-        axes[-1].legend(title="model", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes[-1].legend(title="runs", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     n_div = int((df["status"] == "diverged").sum())
     fig.suptitle(f"{title} — {len(ok)} runs" + (f" (+{n_div} diverged, not shown)" if n_div else ""))
     return save_figure(fig, stem)
