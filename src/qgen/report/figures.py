@@ -196,7 +196,16 @@ def regularization_check(reg: pd.DataFrame, stem: str | Path, title: str) -> lis
     fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
     data = reg[(reg["predicted"] > 0) & (reg["measured"] > 0)].copy()
     data["bits"] = data["bits"].astype(str)
-    sns.scatterplot(data=data, x="predicted", y="measured", hue="bits", style="model", s=50, ax=ax)
+    sns.scatterplot(
+        data=data,
+        x="predicted",
+        y="measured",
+        hue="bits",
+        hue_order=bits_order(data["bits"]),
+        style="model",
+        s=50,
+        ax=ax,
+    )
     if len(data):
         lo, hi = data[["predicted", "measured"]].min().min(), data[["predicted", "measured"]].max().max()
         ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="measured = predicted")
