@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from qgen.io import write_text
 from qgen.report.figures import save_figure
-from qgen.report.tables import aggregate_over_seeds, latex_with_run_ids
+from qgen.report.tables import aggregate_over_seeds, write_tables
 
 PAPER_TABLES = ("binaryconnect", "low_precision")
 
@@ -80,8 +79,12 @@ def binaryconnect_method(df: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=df.index)
 
 
+#: metrics of the paper tables, in percent
+PAPER_METRICS = {"test_error": "test error (%)", "gap_acc": "gap (acc, %)", "train_error": "train error (%)"}
+
+
 def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    return aggregate_over_seeds(df, keys, [m for m in ("test_error", "gap_acc", "train_error") if m in df])
+    return aggregate_over_seeds(df, keys, [m for m in PAPER_METRICS if m in df])
 
 
 def binaryconnect_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -123,44 +126,12 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The shown form: percentages with ± std, n (with diverged runs), paper columns, run ids last."""
-    keys = [
-        c
-        for c in table.columns
-        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")
-    ]
-    ours = [k for k in keys if not k.startswith("paper ")]
-    shown = table[ours].copy()
-    shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
-    for metric, heading in (
-        ("test_error", "test error (%)"),
-        ("gap_acc", "gap (acc, %)"),
-        ("train_error", "train error (%)"),
-    ):
-        shown[heading] = list(map(_pct, table[f"{metric}_mean"], table[f"{metric}_std"]))
-    for k in keys:
-        if k.startswith("paper "):
-            shown[k] = table[k]
-    shown["run ids"] = table["run_ids"]
-    return shown
-
-
 def write_paper_table(
     table: pd.DataFrame, out_dir: str | Path, stem: str, title: str, note: str
 ) -> list[Path]:
-    shown = display(table)
-    header = "| " + " | ".join(shown.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    md = "\n".join([f"# {title}", "", note, "", SOURCE_NOTE, "", header, rule, *body, ""])
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
-    write_text(paths[0], md)
-    write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
-    tex = shown.drop(columns="run ids").to_latex(index=False, escape=True)
-    write_text(paths[2], latex_with_run_ids(tex, table["run_ids"]))
-    return paths
+    """The table as md/csv/tex: our percentages, then the paper's columns, then the run ids."""
+    paper = [c for c in table.columns if c.startswith("paper ")]
+    return write_tables(table, out_dir, stem, title, PAPER_METRICS, f"{note}\n\n{SOURCE_NOTE}", _pct, paper)
 
 
 def error_vs_prop_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:

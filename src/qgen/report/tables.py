@@ -3,7 +3,7 @@ gap, and the noise/sharpness/curvature measures."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +80,9 @@ def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
     return out.drop(columns="_b").reset_index(drop=True)
 
 
-GAP_NOTE = "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE."
-MEASURE_NOTE = (
+OVER_SEEDS = "Mean ± sample std over seeds of completed runs, quantized model in eval mode. "
+GAP_NOTE = OVER_SEEDS + "gap (acc) = train acc − test acc; gap (CE) = test CE − train CE."
+MEASURE_NOTE = OVER_SEEDS + (
     "θ = Q(v) − v over unclipped elements (1 under the uniform-noise model); σ′, α′: PAC-Bayes and "
     "worst-case sharpness scales of Jiang et al. (larger = flatter); tr(H), λ_max(H): Hessian of the "
     "training loss at the effective weights."
@@ -95,37 +96,53 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:{fmt}}" if np.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def _display(table: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
+def _display(
+    table: pd.DataFrame,
+    metrics: dict[str, str],
+    value: Callable[[float, float], str] = _pm,
+    last: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The shown form of a summary table: its keys, n (with diverged runs), each metric as ``value(mean,
+    std)``, then the columns ``last`` (e.g. a paper's published values), then the run ids."""
     keys = [
         c
         for c in table.columns
-        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids")
+        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids", *last)
     ]
     shown = table[keys].copy()
     shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
     for metric, heading in metrics.items():
         if f"{metric}_mean" not in table.columns:
             continue
-        shown[heading] = [
-            _pm(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)
-        ]
+        shown[heading] = list(map(value, table[f"{metric}_mean"], table[f"{metric}_std"]))
+    for column in last:
+        shown[column] = table[column]
     shown["run ids"] = table["run_ids"]
     return shown
 
 
 def to_markdown(
-    table: pd.DataFrame, title: str, metrics: dict[str, str] = GAP_METRICS, note: str = GAP_NOTE
+    table: pd.DataFrame,
+    title: str,
+    metrics: dict[str, str] = GAP_METRICS,
+    note: str = GAP_NOTE,
+    value: Callable[[float, float], str] = _pm,
+    last: Sequence[str] = (),
 ) -> str:
-    shown = _display(table, metrics)
+    shown = _display(table, metrics, value, last)
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    note = "Mean ± sample std over seeds of completed runs, quantized model in eval mode. " + note
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 
-def to_latex(table: pd.DataFrame, metrics: dict[str, str] = GAP_METRICS) -> str:
-    shown = _display(table, metrics).drop(columns="run ids")
+def to_latex(
+    table: pd.DataFrame,
+    metrics: dict[str, str] = GAP_METRICS,
+    value: Callable[[float, float], str] = _pm,
+    last: Sequence[str] = (),
+) -> str:
+    shown = _display(table, metrics, value, last).drop(columns="run ids")
     return latex_with_run_ids(shown.to_latex(index=False, escape=True), table["run_ids"])
 
 
@@ -148,13 +165,15 @@ def write_tables(
     title: str,
     metrics: dict[str, str] = GAP_METRICS,
     note: str = GAP_NOTE,
+    value: Callable[[float, float], str] = _pm,
+    last: Sequence[str] = (),
 ) -> list[Path]:
-    """``stem``.md, .csv and .tex of a summary table."""
+    """``stem``.md, .csv and .tex of a summary table (see ``_display`` for ``value`` and ``last``)."""
     out_dir = Path(out_dir)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
-    write_text(paths[0], to_markdown(table, title, metrics, note))
+    write_text(paths[0], to_markdown(table, title, metrics, note, value, last))
     write_text(paths[1], table.to_csv(index=False, lineterminator="\n"))
-    write_text(paths[2], to_latex(table, metrics))
+    write_text(paths[2], to_latex(table, metrics, value, last))
     return paths
 
 
