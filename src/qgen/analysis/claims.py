@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from qgen.analysis.correlation import bootstrap_tau, kendall_tau
-from qgen.report.collect import spec_columns
+from qgen.report.collect import spec_column, spec_columns
 from qgen.report.tables import bits_order
 
 #: quantization methods of the bit-width family the QGen/QReg claims are about
@@ -100,7 +100,7 @@ def _sign_test(
 
 
 def _method(df: pd.DataFrame) -> pd.Series:
-    return df["quant.method"] if "quant.method" in df.columns else pd.Series("float", index=df.index)
+    return spec_column(df, "quant.method", "float")
 
 
 def check_claims(df: pd.DataFrame, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -232,7 +232,7 @@ def binaryconnect_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str
     dropout, same hyperparameters and seed)."""
     method = _method(df)
     binary = method == "binary"
-    dropout = df["model.dropout"].fillna(0) if "model.dropout" in df.columns else pd.Series(0, index=df.index)
+    dropout = spec_column(df, "model.dropout", 0).fillna(0)
     baseline = (method == "float") & (dropout == 0)
     if not binary.any() or not baseline.any():
         return []

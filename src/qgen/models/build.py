@@ -19,7 +19,7 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
     """Model of ``spec["model"]`` quantized per ``spec["quant"]``, for inputs of ``input_shape`` (C, H, W)."""
     model, quant = spec["model"], spec["quant"]
     name = model["name"]
-    bn = {k: model[f"bn_{k}"] for k in ("momentum", "eps") if f"bn_{k}" in model}
+    bn = {k: model[k] for k in ("bn_momentum", "bn_eps") if k in model}
     if name == "mlp":
         return MLP(
             math.prod(input_shape),
@@ -32,7 +32,7 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
             input_dropout=model.get("input_dropout", 0.0),
             output_batch_norm=model.get("output_batch_norm", False),
             init=model.get("init", "torch"),
-            **{f"bn_{k}": v for k, v in bn.items()},
+            **bn,
         )
     if name == "nin":
         return NiN(
@@ -52,7 +52,7 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_classes:
             width=model["width"],
             quant=quant,
             fc_width=model.get("fc_width", 1024),
-            **{f"bn_{k}": v for k, v in bn.items()},
+            **bn,
         )
     if name == "maxout":
         return MaxoutMLP(

@@ -19,6 +19,12 @@ def spec_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "." in c and c.split(".")[0] in SPEC_SECTIONS]
 
 
+def spec_column(df: pd.DataFrame, name: str, default: object) -> pd.Series:
+    """A column of a runs table, or ``default`` for every run where no run has it (a spec key with no
+    schema default is absent from runs.csv until some run of the experiment spells it out)."""
+    return df[name] if name in df.columns else pd.Series(default, index=df.index)
+
+
 # Columns every runs.csv starts with, in this order; then the flattened spec, then metrics.
 ID_COLUMNS = ["run_id", "experiment", "status", "bits", "quant", "model_label", "seed"]
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from qgen.report.collect import spec_column
 from qgen.report.figures import save_figure
 from qgen.report.tables import aggregate_over_seeds, write_tables
 
@@ -56,15 +57,11 @@ SOURCE_NOTE = (
 )
 
 
-def _col(df: pd.DataFrame, name: str, default: object = np.nan) -> pd.Series:
-    return df[name] if name in df.columns else pd.Series(default, index=df.index)
-
-
 def binaryconnect_method(df: pd.DataFrame) -> pd.Series:
     """The BinaryConnect table's row label of each run."""
-    method = _col(df, "quant.method", "float")
-    stochastic = _col(df, "quant.stochastic", False).fillna(False).astype(str).str.lower() == "true"
-    dropout = _col(df, "model.dropout", 0.0).fillna(0.0).astype(float)
+    method = spec_column(df, "quant.method", "float")
+    stochastic = spec_column(df, "quant.stochastic", False).fillna(False).astype(str).str.lower() == "true"
+    dropout = spec_column(df, "model.dropout", 0.0).fillna(0.0).astype(float)
     labels = np.where(
         method == "binary",
         np.where(stochastic, "BC (stoch.)", "BC (det.)"),
@@ -73,7 +70,7 @@ def binaryconnect_method(df: pd.DataFrame) -> pd.Series:
             np.where(
                 dropout > 0, (dropout * 100).round().astype(int).astype(str) + "% Dropout", "No regularizer"
             ),
-            _col(df, "quant", "").astype(str),
+            spec_column(df, "quant", "").astype(str),
         ),
     )
     return pd.Series(labels, index=df.index)
@@ -88,7 +85,9 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def binaryconnect_table(df: pd.DataFrame) -> pd.DataFrame:
-    runs = df.assign(method=binaryconnect_method(df), test_time=_col(df, "quant.test_time", "").fillna(""))
+    runs = df.assign(
+        method=binaryconnect_method(df), test_time=spec_column(df, "quant.test_time", "").fillna("")
+    )
     table = _summary(runs, ["model_label", "method", "test_time"])
     rank = {m: i for i, m in enumerate(BINARYCONNECT_ORDER)}
     table = table.assign(_r=table["method"].map(lambda m: rank.get(m, len(rank))))
@@ -101,9 +100,13 @@ def binaryconnect_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def low_precision_table(df: pd.DataFrame) -> pd.DataFrame:
-    method = _col(df, "quant.method", "float")
-    prop = np.where(method == "float", 32, np.where(method == "half", 16, _col(df, "quant.prop_bits")))
-    update = np.where(method == "float", 32, np.where(method == "half", 16, _col(df, "quant.update_bits")))
+    method = spec_column(df, "quant.method", "float")
+    prop = np.where(
+        method == "float", 32, np.where(method == "half", 16, spec_column(df, "quant.prop_bits", np.nan))
+    )
+    update = np.where(
+        method == "float", 32, np.where(method == "half", 16, spec_column(df, "quant.update_bits", np.nan))
+    )
     runs = df.assign(format=method, prop_bits=prop.astype(int), update_bits=update.astype(int))
     table = _summary(runs, ["model_label", "format", "prop_bits", "update_bits"])
     order = {f: i for i, f in enumerate(FORMAT_NAMES)}
@@ -138,7 +141,7 @@ def error_vs_prop_bits(df: pd.DataFrame, stem: str | Path, title: str) -> list[P
     """Test error and gap against the propagation bit width, fixed vs dynamic fixed point (one line per
     update bit width, mean over seeds with each run as a dot), single and half float as references."""
     ok = df[df["status"] == "completed"].copy()
-    method = _col(ok, "quant.method", "float")
+    method = spec_column(ok, "quant.method", "float")
     fx = ok[method.isin(["fixed", "dynamic_fixed"])].assign(
         format=lambda d: d["quant.method"].map(FORMAT_NAMES),
         update=lambda d: d["quant.update_bits"].astype(int).astype(str) + "-bit updates",
