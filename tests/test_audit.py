@@ -21,8 +21,8 @@ from qgen.audit import (
     compare_records,
 )
 from qgen.config import validate_config
-from qgen.report.collect import RUNS_ALL, RUNS_COMPLETED, resolve_run_ids
 from qgen.report.summary import summarize
+from qgen.runs_table import RUNS_ALL, RUNS_COMPLETED, resolve_run_ids
 from tests.conftest import REPO
 from tests.test_workflow import TINY, snakemake
 

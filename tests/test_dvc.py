@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from qgen import dvc_stage
-from qgen.report.collect import resolve_run_ids
+from qgen.runs_table import resolve_run_ids
 from tests.conftest import REPO
 from tests.test_workflow import TINY
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from qgen.report.figures import gap_vs_bits, series_labels
-from qgen.report.tables import bits_order, gap_by_bits, to_markdown, write_gap_tables
+from qgen.report.tables import gap_by_bits, to_markdown, write_gap_tables
+from qgen.runs_table import bits_order
 
 
 def synthetic_runs() -> pd.DataFrame:

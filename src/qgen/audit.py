@@ -16,7 +16,7 @@ version) is printed for both sides, never compared.
 Tables name the runs behind each row in a ``run_ids`` column: run ids separated by spaces, or a
 reference to the experiment's runs table for rows computed over many runs (``runs.csv`` = every row of
 ``results/<experiment>/runs.csv``, ``runs.csv#status=completed`` = its completed runs);
-``qgen.report.collect.resolve_run_ids`` turns either form into run ids.
+``qgen.runs_table.resolve_run_ids`` turns either form into run ids.
 """
 
 from __future__ import annotations

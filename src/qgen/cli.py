@@ -309,7 +309,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from qgen.report.collect import collect, write_csv
+    from qgen.runs_table import collect, write_csv
 
     write_csv(collect(args.metrics, args.experiment, args.measures), args.out)
     return 0
@@ -318,7 +318,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_analyse(args: argparse.Namespace) -> int:
     from qgen.analysis.run import analyse
     from qgen.config import analysis_schema, validate
-    from qgen.report.collect import read_runs
+    from qgen.runs_table import read_runs
 
     settings = validate(json.loads(args.settings), analysis_schema(), where="analysis settings")
     result = analyse(read_runs(args.runs), args.out_dir, settings, args.experiment)
@@ -335,9 +335,9 @@ def cmd_notebook(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qgen.report.collect import read_runs
     from qgen.report.figures import gap_vs_bits, measures_vs_bits
     from qgen.report.tables import gap_by_bits, write_gap_tables, write_measure_tables
+    from qgen.runs_table import read_runs
 
     df = read_runs(args.runs)
     figures = Path(args.figures_dir)
@@ -366,8 +366,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_paper_tables(args: argparse.Namespace) -> int:
-    from qgen.report.collect import read_runs
     from qgen.report.papers import write_paper_outputs
+    from qgen.runs_table import read_runs
 
     write_paper_outputs(read_runs(args.runs), args.tables, args.tables_dir, args.figures_dir, args.experiment)
     return 0

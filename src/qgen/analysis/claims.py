@@ -34,8 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from qgen.analysis.correlation import bootstrap_tau, kendall_tau
-from qgen.report.collect import spec_column, spec_columns
-from qgen.report.tables import bits_order
+from qgen.runs_table import bits_order, spec_column, spec_columns
 
 #: quantization methods of the bit-width family the QGen/QReg claims are about
 BIT_WIDTH_METHODS = ("float", "uniform", "lsq")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from qgen.analysis import bound, claims, correlation, regularization
 from qgen.io import write_json, write_text
-from qgen.report.collect import RUNS_ALL, RUNS_COMPLETED, spec_columns
+from qgen.runs_table import RUNS_ALL, RUNS_COMPLETED, spec_columns
 
 #: measure families correlated with the gap (prefixes of runs.csv columns)
 MEASURE_PREFIXES = (

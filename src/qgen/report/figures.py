@@ -13,7 +13,7 @@ import pandas as pd
 import seaborn as sns
 
 from qgen.io import atomic_path
-from qgen.report.tables import bits_order
+from qgen.runs_table import bits_order
 
 PANELS = {
     "gap_acc": "generalization gap\n(train acc − test acc)",

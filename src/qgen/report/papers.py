@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from qgen.report.collect import spec_column
 from qgen.report.figures import save_figure
 from qgen.report.tables import aggregate_over_seeds, write_tables
+from qgen.runs_table import spec_column
 
 PAPER_TABLES = ("binaryconnect", "low_precision")
 

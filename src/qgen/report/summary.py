@@ -14,8 +14,7 @@ from typing import Any
 import pandas as pd
 
 from qgen.io import read_json, write_json
-from qgen.report.collect import read_runs
-from qgen.report.tables import bits_order
+from qgen.runs_table import bits_order, read_runs
 
 #: metrics averaged per bit width
 HEADLINE = ("gap_acc", "gap_loss", "test_acc")

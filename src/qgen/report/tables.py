@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from qgen.io import write_text
-from qgen.report.collect import spec_columns
+from qgen.runs_table import bits_order, spec_columns
 
 #: Metrics summarized per row of the gap table: column → heading.
 GAP_METRICS = {
@@ -30,12 +30,6 @@ MEASURE_METRICS = {
     "hessian.trace": "tr(H)",
     "hessian.top_eigenvalue": "λ_max(H)",
 }
-
-
-def bits_order(values: pd.Series) -> list[str]:
-    """FP32 first, then integer bit widths from high to low."""
-    labels = sorted(set(values), key=lambda b: (b != "FP32", -int(b) if b != "FP32" else 0))
-    return labels
 
 
 def varying_hyperparameters(df: pd.DataFrame) -> list[str]:

@@ -1,4 +1,8 @@
-"""Collect the per-run metric files of an experiment into one table (one row per run)."""
+"""The runs table of an experiment (``results/<experiment>/runs.csv``, one row per run): collecting it
+from the per-run files, reading it, and the helpers that select its columns and rows.
+
+A neutral module: ``analysis`` and ``report`` both read runs tables, and neither imports the other.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,12 @@ SPEC_SECTIONS = ("data", "model", "quant", "optim", "train")
 def spec_columns(df: pd.DataFrame) -> list[str]:
     """The flattened run-spec columns (``model.width``, ``quant.weight_bits``, ...) of a runs table."""
     return [c for c in df.columns if "." in c and c.split(".")[0] in SPEC_SECTIONS]
+
+
+def bits_order(values: pd.Series) -> list[str]:
+    """FP32 first, then integer bit widths from high to low."""
+    labels = sorted(set(values), key=lambda b: (b != "FP32", -int(b) if b != "FP32" else 0))
+    return labels
 
 
 def spec_column(df: pd.DataFrame, name: str, default: object) -> pd.Series:
