@@ -111,13 +111,18 @@ display(Markdown(
 
 # %% [markdown]
 # ## 6. Claim checks
-# Each headline claim as an automated check; a failing claim is reported as failing.
+# Each headline claim as an automated check: `pass`, `fail`, or `inconclusive` where too few runs can speak
+# to it (runs that missed their stopping target, σ′ searches stuck at a bound, fewer than `min_pairs` pairs).
+# The regime says whether the runs were trained to the stopping rule (`target`) or for fixed epochs.
 
 # %%
 display(Markdown((res / "tables" / "claims.md").read_text().split("\n", 2)[2]))
-passed = sum(c["pass"] for c in claims)
-display(Markdown(f"**Reading.** {passed} of {len(claims)} claims pass on `{experiment}`: "
-                 + ", ".join(f"{c['claim']} ({'pass' if c['pass'] else 'fail'})" for c in claims) + "."))
+counts = {v: sum(c["verdict"] == v for c in claims) for v in ("pass", "fail", "inconclusive")}
+display(Markdown(
+    f"**Reading.** On `{experiment}`: {counts['pass']} pass, {counts['fail']} fail, "
+    f"{counts['inconclusive']} inconclusive of {len(claims)} claims: "
+    + ", ".join(f"{c['claim']} ({c['verdict']}, {c['regime']}, {c['n_runs_used']} runs)" for c in claims)
+    + "."))
 
 # %% [markdown]
 # ## 7. The seed papers' tables

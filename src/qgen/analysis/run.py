@@ -10,7 +10,7 @@ import pandas as pd
 
 from qgen.analysis import bound, claims, correlation, regularization
 from qgen.io import write_json, write_text
-from qgen.runs_table import RUNS_ALL, RUNS_COMPLETED, spec_columns
+from qgen.runs_table import RUNS_COMPLETED, spec_columns
 
 #: measure families correlated with the gap (prefixes of runs.csv columns)
 MEASURE_PREFIXES = (
@@ -97,8 +97,8 @@ def analyse(
         pd.concat([ok, df[df["status"] != "completed"]]),
         {**settings["claims"], "resamples": settings["bootstrap"], "seed": settings["seed"]},
     )
-    for claim in found:  # each check selects its runs (pairs, bit widths) among all of the experiment's
-        claim.setdefault("run_ids", RUNS_ALL)
-    write_json(out_dir / "claims.json", {"experiment": experiment, "claims": found})
+    # runs that did not complete (diverged, degenerate, ...) are left out of every analysis: counted here
+    statuses = {str(k): int(v) for k, v in df["status"].value_counts().sort_index().items()}
+    write_json(out_dir / "claims.json", {"experiment": experiment, "runs_by_status": statuses, "claims": found})
     write_text(out_dir / "tables" / "claims.md", claims.claims_markdown(found, f"{experiment}: claim checks"))
     return {"claims": found, "axes": axes}

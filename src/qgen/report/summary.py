@@ -31,6 +31,8 @@ def summarize(runs: pd.DataFrame, claims: list[dict[str, Any]]) -> dict[str, flo
         "diverged": int((runs["status"] == "diverged").sum()),
         "claims_passed": sum(bool(c["pass"]) for c in claims),
         "claims_total": len(claims),
+        "claims_failed": sum(c.get("verdict") == "fail" for c in claims),
+        "claims_inconclusive": sum(c.get("verdict") == "inconclusive" for c in claims),
     }
     for bits in bits_order(runs["bits"].astype(str)):
         group = completed[completed["bits"].astype(str) == bits]
