@@ -31,13 +31,14 @@ from qgen import runtime
 from qgen.data import load_prepared, prepare
 from qgen.experiments import normalize_spec
 from qgen.measures import sharpness
-from qgen.measures.deployed import deploy
+from qgen.measures.deployed import DeployedModel, deploy
+from qgen.metrics import accuracy_and_ce
 from qgen.train import train_run
 
 WIDTHS = (32, 256)
 
 
-def trained_view(width: int, data) -> sharpness.DeployedModel:
+def trained_view(width: int, data) -> DeployedModel:
     from qgen.config import run_spec_schema, validate
 
     spec = {
@@ -58,9 +59,10 @@ def trained_view(width: int, data) -> sharpness.DeployedModel:
 def reference_style_search(
     view, x, y, *, draws: int, seed: int, depth: int = 15, target: float = 0.1, tolerance: float = 0.01
 ) -> float:
-    """One draw at a time, structured like the reference implementation (same draws as qgen's)."""
-    weights = view.weights()
-    base = sharpness.accuracy(view, x, y)
+    """One draw at a time, structured like the reference implementation (same draws as qgen's, on
+    the same parameters: all of them, as the reference perturbs model.parameters())."""
+    weights = view.perturbable("all")
+    base, _ = accuracy_and_ce(view, x, y, device=None)
     gen = torch.Generator().manual_seed(seed)
     z = {n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype) for n, w in weights.items()}
     loader = DataLoader(TensorDataset(x, y), batch_size=128)

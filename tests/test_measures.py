@@ -244,7 +244,7 @@ def test_norm_measures_on_a_known_linear_model() -> None:
         model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 3.0]]))
     view = deploy(model)
     x, y = torch.eye(4)[:3].reshape(3, 1, 2, 2), torch.tensor([0, 1, 2])
-    out = norms.norm_measures(view, view.weights(), x, y, (1, 2, 2))
+    out = norms.norm_measures(view, view.weights(), x, y, (1, 2, 2), m=3)
     m = 3
     assert out["norm.params"] == 12
     assert out["norm.fro_dist"] == 0 and out["norm.l2_dist"] == 0

@@ -4,7 +4,7 @@ QGen (2024) derives "an approximate bound for the generalization of quantized mo
 the amount of quantization noise"; its exact form is not verified (papers.md §1b). Implemented here is
 the reconstruction of papers.md §7.7, built on the PAC-Bayes decomposition of Neyshabur et al. (2017):
 
-    bound = L̂_S(Q(w)) + [E_u L̂_S(w + u) − L̂_S(w)] + 4·√((KL + ln(2m/δ)) / m)
+    bound = L̂_S(Q(w)) + [E_u L̂_S(w + u) − L̂_S(w)] + 4·√((KL + ln(2m/δ)) / m)    (m: training-set size)
 
 with L̂ the training error (0-1 loss), u the quantization-noise model (u_i ~ U(−Δ_i/2, Δ_i/2), Monte-Carlo
 ``noise_model.error_increase``), and KL = Σ_i w_i²/(2σ_i²) between Gaussians of equal variance.
@@ -44,7 +44,9 @@ def kl_term(df: pd.DataFrame, kl_sigma: str, prior: str) -> pd.Series:
 def evaluate_bound(df: pd.DataFrame, options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Per-run bound and its terms (columns ``bound.*``), aligned with ``df``'s index."""
     opt = {**DEFAULTS, **(options or {})}
-    m = df["measure.examples"].astype(float)
+    if "measure.m" not in df.columns:
+        raise KeyError("runs table has no 'measure.m' (the bound's m, the training-set size); re-measure")
+    m = df["measure.m"].astype(float)  # the training-set size, not the measures' subset size
     kl = kl_term(df, opt["kl_sigma"], opt["prior"])
     train_error = df["train_error"].astype(float)
     noise = df.get("noise_model.error_increase", pd.Series(np.nan, index=df.index)).astype(float)

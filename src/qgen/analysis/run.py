@@ -99,6 +99,7 @@ def analyse(
     )
     # runs that did not complete (diverged, degenerate, ...) are left out of every analysis: counted here
     statuses = {str(k): int(v) for k, v in df["status"].value_counts().sort_index().items()}
-    write_json(out_dir / "claims.json", {"experiment": experiment, "runs_by_status": statuses, "claims": found})
+    record = {"experiment": experiment, "runs_by_status": statuses, "claims": found}
+    write_json(out_dir / "claims.json", record)
     write_text(out_dir / "tables" / "claims.md", claims.claims_markdown(found, f"{experiment}: claim checks"))
     return {"claims": found, "axes": axes}

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qgen.measures.deployed import DeployedModel
-
-Weights = dict[str, torch.Tensor]
+from qgen.measures.deployed import DeployedModel, Weights
+from qgen.measures.stats import mean_and_stderr
 
 
 def hvp_function(
@@ -76,15 +75,12 @@ def hutchinson_trace(
         for n, value in per.items():
             layers[n].append(value)
         totals.append(sum(per.values()))
-        k = len(totals)
-        if k >= max(min_probes, 2):
-            mean = sum(totals) / k
-            stderr = math.sqrt(sum((t - mean) ** 2 for t in totals) / (k - 1) / k)
+        if len(totals) >= max(min_probes, 2):
+            mean, stderr = mean_and_stderr(totals)
             if stderr <= tolerance * abs(mean):
                 break
     k = len(totals)
-    mean = sum(totals) / k
-    stderr = math.sqrt(sum((t - mean) ** 2 for t in totals) / (k - 1) / k) if k > 1 else float("nan")
+    mean, stderr = mean_and_stderr(totals)
     return TraceEstimate(mean, stderr, k, {n: sum(v) / k for n, v in layers.items()})
 
 

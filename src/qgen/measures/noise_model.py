@@ -15,22 +15,13 @@ Per-channel steps enter the prediction through their mean square per layer.
 
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
-from qgen.measures.deployed import DeployedModel
-
-Weights = dict[str, torch.Tensor]
-
-
-@torch.no_grad()
-def _loss_and_error(
-    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights
-) -> tuple[float, float]:
-    logits = model(x, weights)
-    return float(F.cross_entropy(logits.double(), y)), float((logits.argmax(-1) != y).double().mean())
+from qgen.measures.deployed import DeployedModel, Weights
+from qgen.measures.stats import mean_and_stderr
+from qgen.metrics import accuracy_and_ce
 
 
 @torch.no_grad()
@@ -49,7 +40,12 @@ def noise_model_measures(
     if not steps:
         return {}
     weights = model.weights()
-    base_loss, base_err = _loss_and_error(model, x, y, weights)
+
+    def loss_and_error(at: Weights) -> tuple[float, float]:
+        accuracy, loss = accuracy_and_ce(partial(model, weights=at), x, y, device=None)
+        return loss, 1 - accuracy
+
+    base_loss, base_err = loss_and_error(weights)
     gen = torch.Generator().manual_seed(seed)
     losses, errors = [], []
     for _ in range(draws):
@@ -57,17 +53,12 @@ def noise_model_measures(
         for n, step in steps.items():
             u = (torch.rand(weights[n].shape, generator=gen, dtype=weights[n].dtype) - 0.5).to(step.device)
             noisy[n] = weights[n] + u * step
-        loss, err = _loss_and_error(model, x, y, noisy)
+        loss, err = loss_and_error(noisy)
         losses.append(loss - base_loss)
         errors.append(err - base_err)
 
-    def mean_se(values: list[float]) -> tuple[float, float]:
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
-        return mean, math.sqrt(var / len(values))
-
-    loss_inc, loss_se = mean_se(losses)
-    err_inc, err_se = mean_se(errors)
+    loss_inc, loss_se = mean_and_stderr(losses)
+    err_inc, err_se = mean_and_stderr(errors)
     predicted = sum(
         float((s.double() ** 2).mean()) / 24 * per_layer_trace.get(n, float("nan")) for n, s in steps.items()
     )

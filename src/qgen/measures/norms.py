@@ -3,8 +3,9 @@
 Computed on the measured weights (by default the effective, BN-folded weights; conv kernels are
 reshaped to (out, in·kh·kw) matrices, whose spectral norm is the approximation the reference code
 uses). ``init`` is the same transform applied to the weights at initialization. d is the number of
-layers, m the number of training examples, γ the 10th-percentile margin on the training set.
-Values are size-normalized as in the reference code (√(v/m), or ½(v − log m) for log-measures).
+layers, m the training-set size (also when the margin is taken on a subset of it), γ the
+10th-percentile margin on the examples given. Values are size-normalized as in the reference code
+(√(v/m), or ½(v − log m) for log-measures).
 
 | key | Eq. | definition |
 | --- | --- | --- |
@@ -38,10 +39,8 @@ import math
 
 import torch
 
-from qgen.measures.deployed import DeployedModel, quantizers_disabled
+from qgen.measures.deployed import DeployedModel, Weights, quantizers_disabled
 from qgen.measures.sharpness import adjust
-
-Weights = dict[str, torch.Tensor]
 
 
 def _log(value: float) -> float:
@@ -61,20 +60,31 @@ def margin(model: DeployedModel, x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def path_norm(model: DeployedModel, input_shape: tuple[int, ...]) -> float:
+    """Eq. 44: the float network with every parameter squared, applied to an input of ones (on the
+    model's device), summed over the outputs (reference code ``_path_norm``)."""
     net = copy.deepcopy(model.module).eval()
     for p in net.parameters():
         p.pow_(2)
+    like = next(net.parameters())
     with quantizers_disabled(net):
-        out = net(torch.ones((1, *input_shape), dtype=next(net.parameters()).dtype))
+        out = net(torch.ones((1, *input_shape), dtype=like.dtype, device=like.device))
     return float(out.double().sum())
 
 
 @torch.no_grad()
 def norm_measures(
-    model: DeployedModel, init: Weights, x: torch.Tensor, y: torch.Tensor, input_shape: tuple[int, ...]
+    model: DeployedModel,
+    init: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    input_shape: tuple[int, ...],
+    *,
+    m: int,
 ) -> dict[str, float]:
+    """Eq. 20-44 of the measured weights; the margin on (x, y), size normalization by ``m``, the
+    training-set size."""
     weights = model.weights()
-    m, d = len(y), len(weights)
+    d = len(weights)
     mats = [w.double().reshape(w.shape[0], -1) for w in weights.values()]
     dists = [(w.double() - init[n].double()).reshape(w.shape[0], -1) for n, w in weights.items()]
     fro = torch.stack([t.norm() ** 2 for t in mats])

@@ -4,6 +4,12 @@ Settings come from the config's ``measures`` section (schema: workflow/schemas/c
 they change what is measured, never what is trained, so a new setting re-measures without retraining.
 Every random choice (data subsets, Monte-Carlo draws, probes, PGA starts) is seeded by
 ``measures.seed``, so measuring the same run twice gives an identical file on CPU.
+
+Size-normalized measures use m = the training-set size (``measure.m``, and ``m`` in the body), not the
+size of the subset they evaluate on (``measure.examples``), so ``measures.examples`` does not rescale
+them. Each σ′/α′ search is flagged in the measures (and so in runs.csv) as ``search.<name>.converged``
+and ``search.<name>.bound`` ("lower", "upper", "none"), <name> in pacbayes, pacbayes_mag, worst_case,
+worst_case_mag.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ def _subset(data: dict[str, torch.Tensor], n: int | None, seed: int, device: tor
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
         x, y = x[idx], y[idx]
     return x.to(device), y.to(device)
+
+
+def _search_record(search: sharpness.Search) -> dict[str, Any]:
+    return {"converged": search.converged, "bound": search.bound, "steps": search.steps}
 
 
 def measure_run(
@@ -49,21 +59,24 @@ def measure_run(
     xb, _ = _subset(data.train, settings["noise"]["examples"], seed, device)
     layers = noise.layer_noise(model, xb)
     prop = noise.propagation(model, xb)
-    out: dict[str, float] = noise.summarize(layers, prop)
+    out: dict[str, float | bool | str] = dict(noise.summarize(layers, prop))
     lap("noise")
 
     view = deploy(model, settings["perturb"])
     init_weights = deploy(init_model, settings["perturb"]).weights()
     x, y = _subset(data.train, settings["examples"], seed, device)
-    m = len(y)
-    out["measure.examples"] = float(m)
+    m = len(data.train["y"])  # Jiang's m: the training-set size, whatever subset a measure evaluates
+    out["measure.examples"] = float(len(y))
+    out["measure.m"] = float(m)
     pb, wc = settings["pacbayes"], settings["worst_case"]
     pb_args = {k: pb[k] for k in ("lower", "upper", "depth", "draws", "target", "tolerance")}
     pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
+    pb_args["parameters"] = settings["parameters"]
     sigma = sharpness.pacbayes_sigma(view, x, y, seed=seed, **pb_args)
     mag_sigma = sharpness.pacbayes_sigma(view, x, y, magnitude_eps=pb["magnitude_eps"], seed=seed, **pb_args)
     lap("pacbayes")
     wc_args = {k: wc[k] for k in ("lower", "upper", "depth", "steps", "target", "tolerance")}
+    wc_args["parameters"] = settings["parameters"]
     xw, yw = _subset(data.train, wc["examples"], seed + 1, device)
     alpha = sharpness.worst_case_alpha(view, xw, yw, seed=seed, **wc_args)
     mag_alpha = sharpness.worst_case_alpha(
@@ -85,6 +98,15 @@ def measure_run(
             "sharpness.mag.alpha": mag_alpha.value,
         }
     )
+    searches = {
+        "pacbayes": sigma,
+        "pacbayes_mag": mag_sigma,
+        "worst_case": alpha,
+        "worst_case_mag": mag_alpha,
+    }
+    for name, search in searches.items():  # flags read by the claims (runs.csv columns)
+        out[f"search.{name}.converged"] = search.converged
+        out[f"search.{name}.bound"] = search.bound
 
     hs = settings["hessian"]
     xh, yh = _subset(data.train, hs["examples"], seed + 2, device)
@@ -117,7 +139,7 @@ def measure_run(
         )
     )
     lap("noise_model")
-    out.update(norms.norm_measures(view, init_weights, x, y, data.input_shape))
+    out.update(norms.norm_measures(view, init_weights, x, y, data.input_shape, m=m))
     lap("norms")
     return {
         "measures": out,
@@ -125,10 +147,10 @@ def measure_run(
         "propagation": prop,
         "hessian_per_layer": trace.per_layer,
         "searches": {
-            "pacbayes": {"converged": sigma.converged, "steps": sigma.steps},
-            "pacbayes.mag": {"converged": mag_sigma.converged, "steps": mag_sigma.steps},
-            "worst_case": {"converged": alpha.converged, "steps": alpha.steps},
-            "worst_case.mag": {"converged": mag_alpha.converged, "steps": mag_alpha.steps},
+            "pacbayes": _search_record(sigma),
+            "pacbayes.mag": _search_record(mag_sigma),
+            "worst_case": _search_record(alpha),
+            "worst_case.mag": _search_record(mag_alpha),
             "hessian.top_eigenvalue": {"converged": eig.converged, "iterations": eig.iterations},
         },
         "equations": norms.EQUATIONS,

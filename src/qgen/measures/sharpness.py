@@ -2,9 +2,16 @@
 deployed (or latent) weights of a :class:`~qgen.measures.deployed.DeployedModel`.
 
 PAC-Bayes σ′ (Jiang Eq. 48-53, reference code ``_pacbayes_sigma``): the largest σ such that the
-training accuracy of the network with weights w + u, u ~ N(0, σ²I), averaged over Monte-Carlo
+training accuracy of the network with parameters w + u, u ~ N(0, σ²I), averaged over Monte-Carlo
 draws, deviates from the unperturbed accuracy by ``target`` (0.1 ± ``tolerance``); found by
 bisection on [lower, upper]. Magnitude-aware (Eq. 56-61): u_i ~ N(0, σ²w_i² + ε²).
+
+Which parameters move (``parameters``, config ``measures.parameters``): ``all`` (default) perturbs
+every parameter of the measured network after BatchNorm folding, biases and the folded BatchNorms'
+unit scales and zero shifts included, as the reference code perturbs ``model.parameters()`` after
+``_reparam``; ``weights`` perturbs the conv/linear weights only (our option, not the reference's).
+The same choice applies to the worst-case search. The bounds (Eq. 48-61 and the sharpness bounds)
+take their norms and ω over the weights only, as the reference code does (``get_weights_only``).
 
 The known trap: the reference code draws ``torch.normal(0, sigma**2)``, whose second argument is a
 *standard deviation*, so its noise has std σ² while its bounds use σ. Here the draws have standard
@@ -23,6 +30,9 @@ max_{|u_i| ≤ α} err(w + u) − err(w) ≤ ``target``; the inner maximum is ap
 error seen; α by bisection. Magnitude-aware: |u_i| ≤ α|w_i| + ε. Using the error (not the loss)
 increase, the sign-gradient steps (size 2.5α/steps), the geometric bisection and its range are
 our choices, all configurable.
+
+Every size-normalized measure uses m = the training-set size (Jiang's m; the reference code's
+``len(dataloader.dataset)`` on the training set), whatever subset a search evaluates on.
 """
 
 from __future__ import annotations
@@ -35,18 +45,20 @@ import torch
 import torch.nn.functional as F
 from torch.func import vmap
 
-from qgen.measures.deployed import DeployedModel
-
-Weights = dict[str, torch.Tensor]
+from qgen.measures.deployed import DeployedModel, Weights
+from qgen.metrics import accuracy_and_ce
 
 
 @dataclass
 class Search:
-    """Result of a bisection: the value found and the (value, statistic) of every step."""
+    """Result of a bisection: the value found, the (value, statistic) of every step, whether the
+    statistic reached its target (``converged``) and whether the value sits at an end of the search
+    interval (``bound``: "lower", "upper" or "none", see :func:`bisect`)."""
 
     value: float
     steps: list[dict[str, float]] = field(default_factory=list)
     converged: bool = False
+    bound: str = "none"
 
 
 def bisect(
@@ -64,8 +76,14 @@ def bisect(
     ``statistic(scale)`` returns (value, record of the step). Too large a value lowers the upper end,
     too small raises the lower end; the midpoint is arithmetic or (``geometric``) √(lower·upper).
     After ``depth`` steps without reaching the target the last midpoint is returned, unconverged.
+
+    ``bound`` flags a value within one final bisection step ((upper − lower)/2^depth, measured in
+    log scale when geometric) of an end: the search kept (to its last step) that end of the interval,
+    so the scale it looks for may lie at or beyond it (e.g. "upper" for a model whose accuracy
+    nothing moves).
     """
     search = Search(value=lower)
+    ends, value = (lower, upper), math.nan
     for _ in range(depth):
         mid = math.sqrt(lower * upper) if geometric else (lower + upper) / 2
         value, record = statistic(mid)
@@ -78,17 +96,19 @@ def bisect(
             upper = mid
         else:
             lower = mid
+    search.bound = _bound_hit(search, ends, depth, geometric, rising=not value > target)
     return search
 
 
-@torch.no_grad()
-def accuracy(
-    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights | None = None, chunk: int = 1024
-) -> float:
-    correct = 0
-    for i in range(0, len(y), chunk):
-        correct += int((model(x[i : i + chunk], weights).argmax(-1) == y[i : i + chunk]).sum())
-    return correct / len(y)
+def _bound_hit(search: Search, ends: tuple[float, float], depth: int, geometric: bool, rising: bool) -> str:
+    """Which end of ``ends`` the search's value is within one final bisection step of (see bisect)."""
+    scale = math.log if geometric else (lambda v: v)
+    lo, hi, v = (scale(e) for e in (*ends, search.value))
+    step = (hi - lo) / 2**depth * (1 + 1e-9)
+    at_lower, at_upper = v - lo <= step, hi - v <= step
+    if at_lower and at_upper:  # a one-step search: the end it was heading for, unless it converged
+        return "none" if search.converged else ("upper" if rising else "lower")
+    return "lower" if at_lower else "upper" if at_upper else "none"
 
 
 @torch.no_grad()
@@ -125,6 +145,7 @@ def pacbayes_sigma(
     y: torch.Tensor,
     *,
     magnitude_eps: float | None = None,
+    parameters: str = "all",
     lower: float = 0.0,
     upper: float = 2.0,
     depth: int = 15,
@@ -135,9 +156,10 @@ def pacbayes_sigma(
     batched: bool = True,
     chunk: int = 1024,
 ) -> Search:
-    """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``)."""
-    weights = model.weights()
-    base = accuracy(model, x, y, chunk=chunk)
+    """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``),
+    perturbing ``parameters`` ("all" or "weights", see the module docstring)."""
+    weights = model.perturbable(parameters)
+    base, _ = accuracy_and_ce(model, x, y, chunk, device=None)
     gen = torch.Generator().manual_seed(seed)
     z = {
         n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device)
@@ -158,6 +180,7 @@ def pacbayes_sigma(
 def _loss_and_error(
     model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights
 ) -> tuple[torch.Tensor, float]:
+    """The cross-entropy (differentiable, for the ascent) and the error of the network at ``weights``."""
     logits = model(x, weights)
     return F.cross_entropy(logits, y), float((logits.argmax(-1) != y).double().mean())
 
@@ -169,11 +192,13 @@ def worst_case_increase(
     alpha: float,
     *,
     magnitude_eps: float | None = None,
+    parameters: str = "all",
     steps: int = 10,
     seed: int = 0,
 ) -> float:
-    """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w), by projected sign-gradient ascent."""
-    weights = model.weights()
+    """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w), by projected sign-gradient ascent
+    on ``parameters`` ("all" or "weights")."""
+    weights = model.perturbable(parameters)
     _, base_err = _loss_and_error(model, x, y, weights)
     bound = {
         n: (alpha * w.abs() + magnitude_eps) if magnitude_eps is not None else torch.full_like(w, alpha)
@@ -201,11 +226,18 @@ def worst_case_increase(
 
 
 def average_case_increase(
-    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, alpha: float, *, draws: int = 10, seed: int = 0
+    model: DeployedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    *,
+    parameters: str = "all",
+    draws: int = 10,
+    seed: int = 0,
 ) -> float:
-    """Mean over u uniform in the box |u_i| ≤ α of err(w + u) − err(w)."""
-    weights = model.weights()
-    base_err = 1 - accuracy(model, x, y)
+    """Mean over u uniform in the box |u_i| ≤ α (on ``parameters``) of err(w + u) − err(w)."""
+    weights = model.perturbable(parameters)
+    base_err = 1 - accuracy_and_ce(model, x, y, device=None)[0]
     gen = torch.Generator().manual_seed(seed)
     noise = {
         n: (torch.rand((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * alpha
@@ -220,6 +252,7 @@ def worst_case_alpha(
     y: torch.Tensor,
     *,
     magnitude_eps: float | None = None,
+    parameters: str = "all",
     lower: float = 1e-5,
     upper: float = 1.0,
     depth: int = 15,
@@ -228,7 +261,8 @@ def worst_case_alpha(
     tolerance: float = 0.01,
     seed: int = 0,
 ) -> Search:
-    """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``).
+    """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``),
+    perturbing ``parameters`` ("all" or "weights").
 
     The bisection is geometric (midpoint √(lower·upper)): α′ ranges over orders of magnitude
     between models, and a linear bisection spends most of its steps far above it.
@@ -237,7 +271,9 @@ def worst_case_alpha(
         raise ValueError("the geometric bisection of worst_case_alpha needs lower > 0")
 
     def increase(alpha: float) -> tuple[float, dict[str, float]]:
-        value = worst_case_increase(model, x, y, alpha, magnitude_eps=magnitude_eps, steps=steps, seed=seed)
+        value = worst_case_increase(
+            model, x, y, alpha, magnitude_eps=magnitude_eps, parameters=parameters, steps=steps, seed=seed
+        )
         return value, {"alpha": alpha, "increase": value}
 
     return bisect(increase, lower, upper, depth=depth, target=target, tolerance=tolerance, geometric=True)
@@ -248,7 +284,8 @@ def _vec(weights: Weights) -> torch.Tensor:
 
 
 def adjust(name: str, value: float, m: int) -> float:
-    """Jiang et al.'s size normalization: √(value/m), or ½(value − log m) for log-measures."""
+    """Jiang et al.'s size normalization: √(value/m), or ½(value − log m) for log-measures; m is the
+    training-set size."""
     if name.startswith("log_") or ".log_" in name:
         return 0.5 * (value - math.log(m))
     return math.sqrt(value / m) if value >= 0 else float("nan")
@@ -257,7 +294,8 @@ def adjust(name: str, value: float, m: int) -> float:
 def pacbayes_measures(
     weights: Weights, init: Weights, sigma: float, mag_sigma: float, m: int, magnitude_eps: float
 ) -> dict[str, float]:
-    """Jiang Eq. 48, 49, 53 (plain) and 56, 57, 61 (magnitude-aware), size-normalized."""
+    """Jiang Eq. 48, 49, 53 (plain) and 56, 57, 61 (magnitude-aware), size-normalized; ``weights`` and
+    ``init`` are the conv/linear weights, m the training-set size."""
     w, d = _vec(weights), _vec(weights) - _vec(init)
     omega = w.numel()
 
@@ -283,7 +321,8 @@ def pacbayes_measures(
 def sharpness_measures(
     weights: Weights, init: Weights, alpha: float, mag_alpha: float, m: int
 ) -> dict[str, float]:
-    """Worst-case sharpness measures (papers.md §7 [M]: reconstruction), size-normalized."""
+    """Worst-case sharpness measures (papers.md §7 [M]: reconstruction), size-normalized; ``weights``
+    and ``init`` are the conv/linear weights, m the training-set size."""
     w, d = _vec(weights), _vec(weights) - _vec(init)
     omega = w.numel()
 
