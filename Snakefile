@@ -3,7 +3,12 @@
 # Audit one number by building its run:  snakemake results/runs/<run_id>/metrics.json
 
 # ---- configuration -----------------------------------------------------------------------------
-configfile: "config/default.yaml"
+# `--configfile my.yaml` replaces the default: Snakemake would merge my.yaml into a `configfile:` it
+# reads here (the default's experiments included), so the default is read only when no config file
+# is given on the command line. `--config key=value` overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/default.yaml"
 
 
 # ---- rules ---------------------------------------------------------------------------------------

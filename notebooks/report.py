@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
+from qgen.runs_table import bits_order
+
 root = Path(os.environ.get("QGEN_ROOT", "."))
 experiment = os.environ.get("QGEN_EXPERIMENT", "default")
 res = root / "results" / experiment
@@ -28,9 +30,11 @@ fig = root / "figures" / experiment
 runs = pd.read_csv(res / "runs.csv", dtype={"bits": str})
 ok = runs[runs["status"] == "completed"]
 claims = json.loads((res / "claims.json").read_text())["claims"]
-order = ["FP32"] + sorted({b for b in ok["bits"] if b != "FP32"}, key=lambda b: -int(b))
+order = bits_order(ok["bits"])  # FP32, then weight bits high to low (w4a8, w8afp: mixed precisions)
 display(Markdown(f"**Experiment `{experiment}`**: {len(runs)} runs, {len(ok)} completed, "
-                 f"{(runs['status'] == 'diverged').sum()} diverged; bit widths {', '.join(order)}."))
+                 f"{(runs['status'] == 'diverged').sum()} diverged, "
+                 f"{(runs['status'] == 'degenerate').sum()} degenerate (both left out); "
+                 f"bit widths {', '.join(order)}."))
 
 # %% [markdown]
 # ## 1. Generalization gap by bit width

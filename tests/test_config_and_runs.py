@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import copy
+import json
 
+import pandas as pd
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qgen.config import ConfigError, load_config, validate_config
-from qgen.experiments import all_runs, canonical_json, expand_config, is_run_id, run_id
-from tests.conftest import REPO, make_spec
+from qgen.experiments import (
+    Run,
+    all_runs,
+    bits_label,
+    canonical_json,
+    expand_config,
+    is_run_id,
+    run_id,
+    runs_table,
+)
+from qgen.io import write_json
+from qgen.models import LayerPrecision, precision_record
+from qgen.models.precision import precision_label
+from qgen.runs_table import ID_COLUMNS, PRECISION_COLUMNS, bits_order, collect, read_runs, write_csv
+from tests.conftest import REPO, make_spec, train_command
 
 
 def base_config() -> dict:
@@ -77,14 +94,14 @@ def test_grid_is_the_cartesian_product_times_seeds() -> None:
     config["experiments"] = {
         "e": {
             "base": config["experiments"]["default"]["base"],
-            "grid": {"optim.lr": [0.1, 0.01], "model.depth": [1, 2, 3]},
+            "grid": {"optim.lr": [0.1, 0.01], "model.depth": [2, 3, 4]},
             "seeds": [0, 1],
         }
     }
     runs = expand_config(validate_config(config))["e"]
     assert len(runs) == 12
     assert {(r.spec["optim"]["lr"], r.spec["model"]["depth"], r.spec["seed"]) for r in runs} == {
-        (lr, d, s) for lr in (0.1, 0.01) for d in (1, 2, 3) for s in (0, 1)
+        (lr, d, s) for lr in (0.1, 0.01) for d in (2, 3, 4) for s in (0, 1)
     }
 
 
@@ -138,3 +155,115 @@ def test_yaml_is_loaded_safely(tmp_path) -> None:
     path.write_text("experiments: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(yaml.YAMLError):
         load_config(path)
+
+
+# ---- a run is what its label says (issue 12, item 0) ---------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        ({"quant": {"method": "float"}}, "FP32"),
+        ({}, "4"),  # lsq w4a4, first and last layer at 8 bits: the lowest bits are the middle layer's
+        ({"quant": {"weight_bits": 4, "act_bits": 8}}, "w4a8"),
+        ({"quant": {"method": "uniform", "weight_bits": 8, "act_bits": None}}, "w8afp"),
+        ({"quant": {"weight_bits": 2, "act_bits": 2, "first_layer": "same"}}, "2"),
+        ({"quant": {"method": "binary", "stochastic": True}}, "1"),
+        ({"model": {"name": "maxout"}, "quant": {"method": "half"}}, "16"),
+        (
+            {"model": {"name": "maxout"}, "quant": {"method": "fixed", "prop_bits": 10, "update_bits": 12}},
+            "10",
+        ),
+    ],
+)
+def test_bit_label_comes_from_the_precision_plan(overrides, label) -> None:
+    spec = make_spec(**overrides)
+    assert bits_label(spec) == label
+    assert f"\t{label}\t" in runs_table({run_id(spec): Run(run_id(spec), spec, ("e",))})
+
+
+def test_bits_order_orders_every_label() -> None:
+    labels = ["2", "w4a8", "w8afp", "FP32", "16", "4", "w8a4", "1", "8", "w4afp", "w2a4"]
+    assert bits_order(pd.Series(labels)) == [
+        "FP32", "16", "w8afp", "8", "w8a4", "w4afp", "w4a8", "4", "w2a4", "2", "1",
+    ]  # fmt: skip
+    assert bits_order(["8", "oddity", "FP32"]) == ["FP32", "8", "oddity"]  # unknown labels last, no crash
+
+
+def test_a_run_whose_precision_no_layer_uses_is_refused_naming_the_grid_point() -> None:
+    config = base_config()
+    exp = copy.deepcopy(config["experiments"]["default"])
+    exp["grid"] = {"model.depth": [2, 1]}
+    config["experiments"] = {"shallow": exp}
+    with pytest.raises(ConfigError) as err:
+        expand_config(validate_config(config))
+    message = str(err.value)
+    assert "experiment 'shallow' at grid point {'model.depth': 1}" in message
+    assert "no layer computes at the requested quant.weight_bits 4" in message
+    assert "fc1:w8a8 fc2:w8a8 (first_layer: 8bit, last_layer: 8bit" in message
+    exp["base"]["quant"]["first_layer"] = "same"  # one end at the requested bits: a real 4-bit layer
+    assert len(expand_config(validate_config(config))["shallow"]) == 6
+
+
+def test_default_grid_low_bit_runs_are_low_bit() -> None:
+    """Every quantized run of the default grid has a layer at the bits its label names."""
+    config = load_config(REPO / "config" / "default.yaml")
+    runs = expand_config(config)["grid"]
+    assert len(runs) == 128 and {r.spec["model"]["depth"] for r in runs} == {2, 3}
+    by_label: dict[str, set[str]] = {}
+    for run in runs:
+        quant, record = run.spec["quant"], precision_record(run.spec)
+        if quant["method"] == "float":
+            assert record["label"] == "FP32"
+            continue
+        assert record["label"] == str(quant["weight_bits"]) == str(record["weight_bits"])
+        by_label.setdefault(record["label"], set()).add(record["compact"])
+    assert by_label["2"] == {"fc1:w8a8 fc2:w2a2 fc3:w8a8", "fc1:w8a8 fc2:w2a2 fc3:w2a2 fc4:w8a8"}
+    assert by_label["8"] == {"fc1:w8a8 fc2:w8a8 fc3:w8a8", "fc1:w8a8 fc2:w8a8 fc3:w8a8 fc4:w8a8"}
+
+
+def test_runs_csv_records_the_precision_of_every_layer(tmp_path) -> None:
+    quantized = make_spec(quant={"weight_bits": 2, "act_bits": 4})
+    floating = make_spec(quant={"method": "float"})
+    paths = []
+    for i, spec in enumerate((quantized, floating)):
+        record = {"run_id": run_id(spec), "status": "completed", "spec": spec, "metrics": {"gap_acc": 0.1}}
+        if i == 0:  # recorded by qgen evaluate; the float run's record predates it
+            record["precision"] = precision_record(spec)
+        paths.append(tmp_path / f"{i}.json")
+        write_json(paths[-1], record)
+    df = collect(paths, "e")
+    write_csv(df, tmp_path / "runs.csv")
+    back = read_runs(tmp_path / "runs.csv")
+    assert list(back.columns[:10]) == [*ID_COLUMNS, *PRECISION_COLUMNS]
+    assert list(back["bits"]) == ["w2a4", "FP32"]
+    assert list(back["precision.layers"]) == ["fc1:w8a8 fc2:w2a4 fc3:w8a8", "fc1:fp32 fc2:fp32 fc3:fp32"]
+    assert list(back["precision.weight_bits"]) == [2, 32]
+    assert back["precision.act_bits"].iloc[0] == 4 and pd.isna(back["precision.act_bits"].iloc[1])
+    assert (tmp_path / "runs.csv").read_text().splitlines()[2].split(",")[8] == ""  # empty: float
+
+
+def test_metrics_json_records_what_each_layer_computes_at(digits_dir, tmp_path, monkeypatch) -> None:
+    from qgen import cli
+
+    monkeypatch.delenv("QGEN_MEASURES", raising=False)
+    spec = make_spec(model={"width": 8}, quant={"weight_bits": 2, "act_bits": 8}, train={"max_epochs": 1})
+    spec_json = json.dumps({"run_id": run_id(spec), "spec": spec})
+    out = tmp_path / "run"
+    argv = train_command(spec_json, str(digits_dir / "meta.json"), str(out), checkpoint_every=1)[3:]
+    assert cli.main(argv) == 0
+    precision = json.loads((out / "metrics.json").read_text())["precision"]
+    assert precision == precision_record(spec)
+    assert precision["compact"] == "fc1:w8a8 fc2:w2a8 fc3:w8a8" and precision["label"] == "w2a8"
+    assert [layer["layer"] for layer in precision["layers"]] == ["fc1", "fc2", "fc3"]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 16), st.one_of(st.none(), st.integers(2, 16))), min_size=1, max_size=12)
+)
+def test_bits_order_is_weight_bits_then_activation_bits_high_to_low(pairs) -> None:
+    """Labels made from any plans sort by lowest weight bits, then lowest activation bits (float first)."""
+    bits_of = {
+        precision_label("lsq", [LayerPrecision("fc1", "middle", w, a)]): (w, 32 if a is None else a)
+        for w, a in pairs
+    }
+    order = [bits_of[label] for label in bits_order(list(bits_of))]
+    assert order == sorted(order, reverse=True)

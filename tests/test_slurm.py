@@ -43,7 +43,7 @@ CLUSTER_TINY = TINY.replace("runtime: {device: cpu, checkpoint_every: 1}", "runt
 SLOW = """
 runtime: {device: cpu, checkpoint_every: 1000}
 measures: {examples: 200, pacbayes: {depth: 4, draws: 2}, worst_case: {examples: 100, depth: 4},
-           hessian: {examples: 64, max_probes: 5}}
+           hessian: {examples: 64, max_probes: 5, min_probes: 5}}
 experiments:
   slow:
     description: one run long enough to be requeued mid-training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qgen.config import load_config
+from qgen.experiments import all_runs
 from tests.conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -26,7 +29,7 @@ experiments:
     description: two quantizers x two seeds, three epochs
     base:
       data: {name: digits}
-      model: {name: mlp, depth: 1, width: 16}
+      model: {name: mlp, depth: 2, width: 16}  # fc1 and fc3 at 8 bits (first/last layer), fc2 at 2
       quant: {method: lsq, weight_bits: 4, act_bits: 4}
       optim: {name: sgd, lr: 0.05}
       train: {max_epochs: 3}
@@ -72,6 +75,10 @@ def test_lint_is_clean() -> None:
 def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None:
     runs = pd.read_csv(built / "results/tiny/runs.csv", dtype={"bits": str})
     assert len(runs) == 4 and set(runs["bits"]) == {"FP32", "2"}
+    low = runs[runs["bits"] == "2"]  # what the 2-bit runs' layers compute at (first/last layer at 8 bits)
+    assert set(low["precision.layers"]) == {"fc1:w8a8 fc2:w2a2 fc3:w8a8"}
+    assert set(low["precision.weight_bits"]) == {2} and set(low["precision.act_bits"]) == {2}
+    assert runs.loc[runs["bits"] == "FP32", "precision.act_bits"].isna().all()
     assert {
         "gap_acc",
         "gap_loss",
@@ -166,6 +173,33 @@ def test_invalid_config_stops_the_workflow_with_a_clear_message(tmp_path: Path) 
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     assert "weight_bits: 12 is greater than the maximum of 8" in proc.stdout + proc.stderr
+
+
+def test_a_configfile_replaces_the_default_config(tmp_path: Path) -> None:
+    """`snakemake --configfile my.yaml` plans my.yaml's runs only (Snakemake would merge it into the
+    Snakefile's `configfile:`, default experiments included); without it the default's; `--config`
+    overrides apply to either."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "default.yaml", tmp_path / "config" / "default.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+
+    def dry_run(*args: str) -> str:
+        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "1", "-n", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+        return proc.stdout + proc.stderr
+
+    def planned_training_jobs(out: str) -> int:
+        found = re.search(r"^train\s+(\d+)$", out, re.M)
+        assert found, out[-3000:]
+        return int(found.group(1))
+
+    tiny = str(tmp_path / "tiny.yaml")
+    assert planned_training_jobs(dry_run("--configfile", tiny)) == 4
+    default_runs = all_runs(load_config(REPO / "config" / "default.yaml"))
+    assert planned_training_jobs(dry_run()) == len(default_runs) > 4
+    for args in (("--configfile", tiny), ()):
+        out = dry_run(*args, "--config", "runtime={device: tpu}")
+        assert "runtime.device: 'tpu' is not one of" in out
 
 
 def test_unknown_run_id_target_is_explained(built: Path) -> None:

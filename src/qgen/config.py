@@ -7,6 +7,7 @@ every problem with the path to the offending key, so a typo in a 500-run grid na
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -63,14 +64,77 @@ def _format_path(path: Any) -> str:
     return out or "<config>"
 
 
+def _measures_problems(settings: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Cross-key rules of the measures section: non-empty search intervals, probe counts in order."""
+    problems = []
+    for search, what in (("pacbayes", "the PAC-Bayes sigma'"), ("worst_case", "the worst-case alpha'")):
+        section = settings.get(search, {})
+        lower, upper = section.get("lower"), section.get("upper")
+        if lower is not None and upper is not None and lower >= upper:
+            problems.append(
+                (
+                    f"{prefix}{search}.lower",
+                    f"{lower} is not below {search}.upper ({upper}): {what} bisection searches "
+                    "[lower, upper]",
+                )
+            )
+    hessian = settings.get("hessian", {})
+    low, high = hessian.get("min_probes"), hessian.get("max_probes")
+    if low is not None and high is not None and low > high:
+        problems.append((f"{prefix}hessian.min_probes", f"{low} is more than hessian.max_probes ({high})"))
+    return problems
+
+
+def _analysis_problems(settings: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Cross-key rules of the analysis section: a claim's measure is one qgen produces."""
+    from qgen.measures.names import CLAIM_MEASURES
+
+    measure = settings.get("claims", {}).get("measure")
+    if measure is None or measure in CLAIM_MEASURES:
+        return []
+    close = difflib.get_close_matches(measure, sorted(CLAIM_MEASURES), n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return [
+        (
+            f"{prefix}claims.measure",
+            f"{measure!r} is not a measure qgen produces (qgen.measures.names lists them){hint}",
+        )
+    ]
+
+
+#: rules JSON Schema cannot express, per $defs section
+_CROSS_KEY_RULES = {"measures": _measures_problems, "analysis": _analysis_problems}
+
+
+def _cross_key_problems(instance: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """The cross-key rules of the sections that ``schema`` (the whole config, or one $defs entry) covers."""
+    if not isinstance(instance, dict):
+        return []
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        rule = _CROSS_KEY_RULES.get(ref.removeprefix("#/$defs/"))
+        return rule(instance, "") if rule else []
+    if schema.get("title") != load_schema().get("title"):
+        return []
+    problems = []
+    for section, rule in _CROSS_KEY_RULES.items():
+        if isinstance(instance.get(section), dict):
+            problems += rule(instance[section], f"{section}.")
+    return problems
+
+
 def validate(instance: Any, schema: dict[str, Any] | None = None, where: str = "config") -> Any:
-    """Validate ``instance`` in place (filling defaults); raise ConfigError listing all errors."""
+    """Validate ``instance`` in place (filling defaults), then the cross-key rules JSON Schema cannot express
+    (search intervals, probe counts, claim measures); raise ConfigError listing all errors."""
     schema = load_schema() if schema is None else schema
     validator = _DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  - {_format_path(e.absolute_path)}: {e.message}" for e in errors]
-        raise ConfigError(f"invalid {where} ({len(errors)} problem(s)):\n" + "\n".join(lines))
+    problems = [(_format_path(e.absolute_path), e.message) for e in errors]
+    if not problems:
+        problems = _cross_key_problems(instance, schema)
+    if problems:
+        lines = [f"  - {path}: {message}" for path, message in problems]
+        raise ConfigError(f"invalid {where} ({len(problems)} problem(s)):\n" + "\n".join(lines))
     return instance
 
 

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qgen.config import ConfigError, run_spec_schema, validate
+from qgen.models.precision import precision_record, unused_request
 
-RUN_ID_PATTERN = r"[a-z0-9]+-[a-z0-9]+-[a-z0-9_]+-[0-9a-f]{8}"
+#: dataset names as they appear in run ids and paths (``cifar10_c``, ``imagenet-100``)
+DATASET_PATTERN = r"[a-z0-9][a-z0-9_-]*"
+#: dataset-arch-quant-hash: the last three fields hold no ``-``, so a dataset name may (parse from the right)
+RUN_ID_PATTERN = rf"{DATASET_PATTERN}-[a-z0-9]+-[a-z0-9_]+-[0-9a-f]{{8}}"
 _RUN_ID_RE = re.compile(rf"^{RUN_ID_PATTERN}$")
 
 
@@ -58,25 +62,23 @@ def quant_label(quant: dict[str, Any]) -> str:
     return f"{method}_w{quant['weight_bits']}a{a}"
 
 
-def bits_label(quant: dict[str, Any]) -> str:
-    """Bit width as reported in tables: ``FP32``, the weight bit width, ``1`` for BinaryConnect, the
-    propagation bit width for fixed point, ``16`` for half floats."""
-    method = quant["method"]
-    if method == "float":
-        return "FP32"
-    if method == "binary":
-        return "1"
-    if method == "half":
-        return "16"
-    if method in ("fixed", "dynamic_fixed"):
-        return str(quant["prop_bits"])
-    return str(quant["weight_bits"])
+def bits_label(spec: dict[str, Any]) -> str:
+    """Bit width as reported in tables, from the run's precision plan (qgen.models.precision): ``FP32``,
+    ``4`` (lowest weight bits, activations alike), ``w4a8``, ``w8afp``, ``1`` for BinaryConnect, ``16``
+    for half floats, the propagation bit width for fixed point."""
+    return precision_record(spec)["label"]
 
 
 def run_id(spec: dict[str, Any]) -> str:
     model = spec["model"]
     arch = f"{model['name']}{model['depth']}x{model['width']}"
-    return f"{spec['data']['name']}-{arch}-{quant_label(spec['quant'])}-{spec_hash(spec)[:8]}"
+    rid = f"{spec['data']['name']}-{arch}-{quant_label(spec['quant'])}-{spec_hash(spec)[:8]}"
+    if not is_run_id(rid):
+        raise ConfigError(
+            f"data.name {spec['data']['name']!r} cannot start a run id ({rid!r}): dataset names are "
+            f"lower-case letters, digits, '_' and '-' ({DATASET_PATTERN})"
+        )
+    return rid
 
 
 def is_run_id(text: str) -> bool:
@@ -167,6 +169,11 @@ def _check_combination(spec: dict[str, Any]) -> None:
             f"quant.method {method} (Courbariaux et al. 2014 arithmetic) needs model.name: maxout"
         )
     quant = spec["quant"]
+    if method in ("uniform", "lsq") and quant.get("weight_bits", 0) is None:
+        raise ConfigError(
+            f"quant.weight_bits: null is not a bit width for quant.method {method}, which quantizes the "
+            "weights (2-8 bits); only act_bits may be null (float activations)"
+        )
     if method in ("fixed", "dynamic_fixed") and ("prop_bits" not in quant or "update_bits" not in quant):
         raise ConfigError(f"quant.method {method} needs quant.prop_bits and quant.update_bits")
     if method == "binary" and "8bit" in (quant.get("first_layer"), quant.get("last_layer")):
@@ -219,6 +226,9 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
         optim.pop("momentum_saturate", None)
     if spec["train"].get("loss") == "ce":
         spec["train"].pop("loss")
+    unused = unused_request(spec)
+    if unused is not None:
+        raise ConfigError(unused)
     return canonicalize(spec)
 
 
@@ -230,20 +240,106 @@ class Run:
     grid_point: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
+#: model keys every architecture reads (beside MODEL_KEYS[name])
+MODEL_COMMON_KEYS = ("name", "depth", "width", "dropout")
+#: keys an architecture ignores although its spec keeps them (the schema fills them; run ids stay stable)
+MODEL_IGNORED_KEYS: dict[str, tuple[str, ...]] = {"vgg": ("dropout",)}
+#: spec sections whose keys depend on the chosen model or quantizer
+_SELECTOR = {"model": "name", "quant": "method"}
+
+
+def key_applies(spec: dict[str, Any], key: str) -> bool:
+    """Whether the dotted model/quant ``key`` takes effect in the run ``spec``."""
+    section, _, leaf = key.partition(".")
+    if section == "quant":
+        method = spec["quant"]["method"]
+        return leaf == "method" or leaf in QUANT_KEYS[method]
+    name = spec["model"]["name"]
+    if leaf in MODEL_IGNORED_KEYS.get(name, ()):
+        return False
+    return leaf in MODEL_COMMON_KEYS or leaf in MODEL_KEYS[name]
+
+
+def _selector(key: str) -> str:
+    """The key that chooses what a dotted model/quant key means: ``model.name`` or ``quant.method``."""
+    section = key.split(".")[0]
+    return f"{section}.{_SELECTOR[section]}"
+
+
+def _owners(key: str) -> list[str]:
+    """The methods or models a dotted model/quant key applies to (for error messages)."""
+    section, _, leaf = key.partition(".")
+    if section == "quant":
+        return [m for m, keys in QUANT_KEYS.items() if leaf in keys]
+    return [m for m, keys in MODEL_KEYS.items() if leaf in keys]
+
+
+def _written_keys(key: str, value: Any, where: str, out: dict[str, str]) -> None:
+    """Record in ``out`` the model/quant keys that ``set_dotted(spec, key, value)`` writes, from ``where``."""
+    section, _, leaf = key.partition(".")
+    if section not in _SELECTOR:
+        return
+    if leaf:
+        out[f"{section}.{leaf.split('.')[0]}"] = where
+    elif isinstance(value, dict):
+        for k in value:
+            out[f"{section}.{k}"] = where
+
+
+def _check_seed_is_not_set(name: str, experiment: dict[str, Any]) -> None:
+    """``seed`` comes from the experiment's ``seeds`` list; set anywhere else it would be overwritten."""
+    places = [f"grid.{k}" for k in experiment.get("grid", {}) if k.split(".")[0] == "seed"]
+    places += ["base.seed"] if "seed" in experiment["base"] else []
+    variants = experiment.get("variants") or []
+    places += [f"variants[{v}].seed" for v, variant in enumerate(variants) if "seed" in variant]
+    if places:
+        raise ConfigError(
+            f"experiments.{name}.{places[0]}: the seed of a run is set by the experiment's `seeds` list "
+            "(e.g. seeds: [0, 1, 2]), not by a grid axis, the base or a variant"
+        )
+
+
+def _check_written_keys(spec: dict[str, Any], written: dict[str, str]) -> None:
+    """A model/quant key written in the same place that chose the run's model or quantizer must apply to it.
+
+    Keys written elsewhere (the base, another variant or grid axis) may serve other runs of the
+    experiment: for this run they are dropped (:func:`normalize_spec`)."""
+    for key, where in written.items():
+        section, selector = key.split(".")[0], _selector(key)
+        if key == selector or key_applies(spec, key) or written.get(selector) != where:
+            continue
+        chosen = spec[section][_SELECTOR[section]]
+        owners = _owners(key)
+        hint = f"; it applies to {selector} {', '.join(owners)}" if owners else ""
+        raise ConfigError(f"{key} (set in {where}) does not apply to {selector} {chosen}{hint}")
+
+
 def expand_experiment(name: str, experiment: dict[str, Any], datasets: dict[str, Any]) -> list[Run]:
-    """All runs of one experiment: the cartesian product of its grid axes, times its seeds."""
+    """All runs of one experiment: the cartesian product of its grid axes, times its seeds.
+
+    Refused with a ConfigError naming the experiment and the grid point: a run that is not a valid,
+    buildable spec, a model/quant key written for a run's model or quantizer that does not apply to it,
+    a run whose requested precision no layer would compute at (qgen.models.precision), a seed set
+    anywhere but ``seeds``, and a model/quant key that takes effect in no run of the experiment."""
+    _check_seed_is_not_set(name, experiment)
     axes = list(experiment.get("grid", {}).items())
     keys = [k for k, _ in axes]
     runs: list[Run] = []
     variants = experiment.get("variants") or [{}]
+    applied: dict[str, bool] = {}  # every written model/quant key: whether some run uses it
     for v, variant in enumerate(variants):
         for values in itertools.product(*(v for _, v in axes)):
             for seed in experiment.get("seeds", [0]):
                 spec = copy.deepcopy(experiment["base"])
+                written: dict[str, str] = {}
+                for section in _SELECTOR:
+                    _written_keys(section, spec.get(section), "base", written)
                 for section, fragment in variant.items():
                     set_dotted(spec, section, fragment)
+                    _written_keys(section, fragment, f"variants[{v}]", written)
                 for key, value in zip(keys, values, strict=True):
                     set_dotted(spec, key, value)
+                    _written_keys(key, value, f"grid.{key}", written)
                 spec["seed"] = seed
                 data = spec.get("data")
                 if isinstance(data, dict) and data.get("name") in datasets:
@@ -255,9 +351,19 @@ def expand_experiment(name: str, experiment: dict[str, Any], datasets: dict[str,
                 validate(spec, run_spec_schema(), where=where)
                 try:
                     spec = normalize_spec(spec)
+                    _check_written_keys(spec, written)
+                    for key in written:
+                        applied[key] = applied.get(key, False) or key_applies(spec, key)
+                    runs.append(Run(run_id(spec), spec, (name,), point))
                 except ConfigError as err:
                     raise ConfigError(f"{where}: {err}") from None
-                runs.append(Run(run_id(spec), spec, (name,), point))
+    unused = [key for key, used in applied.items() if not used]
+    if unused:
+        problems = [
+            f"{key} takes effect in no run (it applies to {_selector(key)} {', '.join(_owners(key)) or '-'})"
+            for key in unused
+        ]
+        raise ConfigError(f"experiment {name!r}: " + "; ".join(problems))
     return runs
 
 
@@ -310,7 +416,7 @@ def runs_table(runs: dict[str, Run]) -> str:
     lines = ["run_id\texperiments\tbits\tseed\tspec"]
     for rid, run in runs.items():
         lines.append(
-            f"{rid}\t{','.join(run.experiments)}\t{bits_label(run.spec['quant'])}\t{run.spec['seed']}\t"
+            f"{rid}\t{','.join(run.experiments)}\t{bits_label(run.spec)}\t{run.spec['seed']}\t"
             f"{canonical_json(run.spec)}"
         )
     return "\n".join(lines) + "\n"

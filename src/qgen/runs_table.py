@@ -12,8 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from qgen.experiments import bits_label, quant_label
+from qgen.experiments import quant_label
 from qgen.io import atomic_open, read_json
+from qgen.models.precision import label_sort_key, precision_record
 
 SPEC_SECTIONS = ("data", "model", "quant", "optim", "train")
 
@@ -23,10 +24,10 @@ def spec_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "." in c and c.split(".")[0] in SPEC_SECTIONS]
 
 
-def bits_order(values: pd.Series) -> list[str]:
-    """FP32 first, then integer bit widths from high to low."""
-    labels = sorted(set(values), key=lambda b: (b != "FP32", -int(b) if b != "FP32" else 0))
-    return labels
+def bits_order(values: Iterable[Any]) -> list[str]:
+    """The distinct bit labels in table order: FP32 first, then weight bits from high to low, then
+    activation bits from high to low (``8``, ``w8a4``, ``4``, ``w4a8``... see qgen.models.precision)."""
+    return sorted({str(v) for v in values}, key=label_sort_key)
 
 
 def spec_column(df: pd.DataFrame, name: str, default: object) -> pd.Series:
@@ -37,6 +38,9 @@ def spec_column(df: pd.DataFrame, name: str, default: object) -> pd.Series:
 
 # Columns every runs.csv starts with, in this order; then the flattened spec, then metrics.
 ID_COLUMNS = ["run_id", "experiment", "status", "bits", "quant", "model_label", "seed"]
+#: the precision each run's layers compute at (qgen.models.precision): lowest weight bits, lowest
+#: activation bits (empty: float activations), and every layer (``fc1:w8a8 fc2:w4a4 fc3:w8a8``)
+PRECISION_COLUMNS = ["precision.weight_bits", "precision.act_bits", "precision.layers"]
 
 
 def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -54,15 +58,20 @@ def model_label(model: dict[str, Any]) -> str:
 
 
 def run_row(record: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """One runs.csv row of a metrics.json record (its precision plan: recorded, else from the spec)."""
     spec = record["spec"]
+    precision = record.get("precision") or precision_record(spec)
     row: dict[str, Any] = {
         "run_id": record["run_id"],
         "experiment": experiment,
         "status": record["status"],
-        "bits": bits_label(spec["quant"]),
+        "bits": precision["label"],
         "quant": quant_label(spec["quant"]),
         "model_label": model_label(spec["model"]),
         "seed": spec["seed"],
+        "precision.weight_bits": precision["weight_bits"],
+        "precision.act_bits": precision["act_bits"],
+        "precision.layers": precision["compact"],
     }
     flatten("", {k: v for k, v in spec.items() if k != "seed"}, row)
     flatten("fit", record.get("fit", {}), row)
@@ -87,9 +96,9 @@ def collect(
     df = pd.DataFrame(rows)
     spec_cols = sorted(spec_columns(df))
     fit_cols = sorted(c for c in df.columns if c.startswith("fit."))
-    rest = [c for c in df.columns if c not in {*ID_COLUMNS, *spec_cols, *fit_cols}]
-    df = df[ID_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})
-    for col in spec_cols + fit_cols:  # integer settings missing for some runs (e.g. bits of float runs)
+    rest = [c for c in df.columns if c not in {*ID_COLUMNS, *PRECISION_COLUMNS, *spec_cols, *fit_cols}]
+    df = df[ID_COLUMNS + PRECISION_COLUMNS + spec_cols + fit_cols + rest].astype({"bits": str})
+    for col in ["precision.act_bits", *spec_cols, *fit_cols]:  # integers missing for some runs (float)
         values = df[col]
         if values.dtype.kind == "f" and values.notna().any() and (values.dropna() % 1 == 0).all():
             df[col] = values.astype("Int64")
@@ -102,7 +111,7 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"bits": str})
+    return pd.read_csv(path, dtype={"bits": str, "precision.layers": str})
 
 
 #: ``run_ids`` references to the experiment's runs table
