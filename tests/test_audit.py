@@ -179,11 +179,13 @@ def test_summary_averages_completed_runs_per_bit_width() -> None:
     )
     claims = [{"claim": "x", "pass": True}, {"claim": "y", "pass": False}]
     summary = summarize(runs, claims)
-    assert list(summary)[:5] == ["runs", "completed", "diverged", "claims_passed", "claims_total"]
+    counts = ["runs", "completed", "diverged", "degenerate", "claims_passed", "claims_total"]
+    assert list(summary)[:6] == counts
     assert (summary["runs"], summary["completed"], summary["diverged"]) == (5, 4, 1)
     assert (summary["claims_passed"], summary["claims_total"]) == (1, 2)
     assert summary["gap_acc.FP32"] == pytest.approx(0.03) and summary["gap_acc.4"] == pytest.approx(0.02)
     assert summary["test_acc.4"] == pytest.approx(0.92)
-    assert list(summary)[5:8] == ["gap_acc.FP32", "gap_loss.FP32", "test_acc.FP32"]  # FP32 first
+    per_bits = [k for k in summary if "." in k]  # after the counts
+    assert per_bits[:3] == ["gap_acc.FP32", "gap_loss.FP32", "test_acc.FP32"]  # FP32 first
     with pytest.raises(ValueError, match="empty"):
         summarize(runs.iloc[:0], claims)

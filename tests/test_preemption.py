@@ -1,21 +1,30 @@
 """Preemption: a signal mid-epoch writes a checkpoint at the next batch boundary, and the resumed run
-ends bit-identical to an uninterrupted one (in process and through a real `qgen train` process)."""
+ends bit-identical to an uninterrupted one (in process and through a real `qgen train` process). A signal
+or a crash while the training job evaluates and measures keeps the finished training: the rerun does not
+train again."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
-from qgen import runtime
+from qgen import cli, runtime
+from qgen.measures import run as measures_run
 from qgen.measures.gap import generalization_metrics
 from qgen.train import checkpoint, loop, preemption, train_run
-from tests.conftest import train_command
+from tests.conftest import make_spec, train_command
 
 RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 100}
 
@@ -145,3 +154,168 @@ def test_sigterm_to_a_qgen_train_process_resumes_with_identical_metrics(
     assert a["metrics"] == b["metrics"] and a["fit"] == b["fit"]
     assert b["provenance"]["resumed_from_epoch"] == 1
     assert not os.path.exists(f"{run}/checkpoint.pt")
+
+
+# ---- the run's work after training: evaluating and measuring (`qgen train --measure-cache`) ---------------
+
+MEASURES = json.dumps(
+    {
+        "examples": 300,
+        "hessian": {"examples": 128, "max_probes": 10},
+        "worst_case": {"examples": 200, "depth": 6},
+        "pacbayes": {"depth": 8},
+    }
+)
+MEASURED_RUN = "digits-mlp2x16-lsq_w4a4-00000000"
+
+
+def measured_train_args(spec, meta: str, out) -> list[str]:
+    """`qgen train` arguments (without the interpreter) of a run evaluated and measured into the measure
+    cache beside its model, as the workflow's train rule calls it."""
+    record = json.dumps({"run_id": MEASURED_RUN, "spec": spec})
+    cmd = train_command(record, meta, str(out), checkpoint_every=100)[3:]  # from "train" on
+    return [*cmd, "--measure-cache", f"{out}/measures.cache.json"]
+
+
+def measure_body(cache) -> dict:
+    body = json.loads(Path(cache).read_text())["record"]
+    body.pop("provenance")  # wall times and the process
+    return body
+
+
+@pytest.fixture(scope="module")
+def measured_reference(tmp_path_factory, digits_dir):
+    """An uninterrupted run: its spec, metrics.json and measures (the cache body, without provenance)."""
+    spec = make_spec(model={"width": 16}, train={"max_epochs": 2})
+    out = tmp_path_factory.mktemp("measured-reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QGEN_MEASURES", MEASURES)
+        mp.setenv("QGEN_RUNTIME", "")
+        assert cli.main(measured_train_args(spec, str(digits_dir / "meta.json"), out)) == 0
+    return spec, json.loads((out / "metrics.json").read_text()), measure_body(out / "measures.cache.json")
+
+
+@contextlib.contextmanager
+def sigterm_guard() -> Iterator[list[int]]:
+    """A SIGTERM that qgen leaves unhandled is recorded (the list) instead of killing the tests; on the
+    way out, qgen must have put back the handler it found."""
+    received: list[int] = []
+
+    def catch(signum, frame):
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, catch)
+    try:
+        yield received
+        gc.collect()  # the loop's stop request, held by a traceback, must not put a handler back
+        assert signal.getsignal(signal.SIGTERM) is catch
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def forget_failed_job_outputs(out) -> None:
+    """What Snakemake does with the declared outputs of a failed job."""
+    for name in ("model.pt", "train_log.csv", "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("interruption", ["SIGTERM", "exception"])
+def test_interrupted_measuring_keeps_the_training_and_the_rerun_does_not_train_again(
+    tmp_path, digits_dir, measured_reference, monkeypatch, caplog, interruption
+) -> None:
+    """A SIGTERM (a real signal to this process) or a crash while the training job measures: the final
+    checkpoint stays, the process ends with 128 + 15 (SIGTERM) or the exception; the rerun takes no
+    training step and ends with the metrics and measures of an uninterrupted run."""
+    spec, ref_metrics, ref_measures = measured_reference
+    monkeypatch.setenv("QGEN_MEASURES", MEASURES)
+    monkeypatch.setenv("QGEN_RUNTIME", "")
+    args = measured_train_args(spec, str(digits_dir / "meta.json"), tmp_path)
+    real_measure = measures_run.measure_run
+
+    def interrupted_measure(*a, **k):
+        if interruption == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        raise RuntimeError("simulated crash while measuring")
+
+    monkeypatch.setattr(measures_run, "measure_run", interrupted_measure)
+    expected = preemption.Interrupted if interruption == "SIGTERM" else RuntimeError
+    with sigterm_guard() as unhandled, pytest.raises(expected) as stopped:
+        cli.main(args)
+    assert unhandled == []  # qgen's handler ended the process
+    if interruption == "SIGTERM":
+        assert stopped.value.code == 128 + signal.SIGTERM
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["finished"]["status"] == "completed"
+    assert not (tmp_path / "measures.cache.json").exists()
+    forget_failed_job_outputs(tmp_path)
+
+    monkeypatch.setattr(measures_run, "measure_run", real_measure)
+    real_step, steps = loop.constrain_latent_weights, {"n": 0}
+
+    def counted_step(*a):
+        steps["n"] += 1
+        real_step(*a)
+
+    monkeypatch.setattr(loop, "constrain_latent_weights", counted_step)
+    caplog.set_level(logging.INFO, logger="qgen.train")
+    assert cli.main(args) == 0
+    assert steps["n"] == 0 and "training already finished at epoch 2 (max_epochs): not training again" in (
+        caplog.text
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["status"], metrics["fit"], metrics["metrics"]) == (
+        ref_metrics["status"], ref_metrics["fit"], ref_metrics["metrics"]
+    )  # fmt: skip
+    assert metrics["provenance"]["resumed_from_epoch"] == 2
+    assert measure_body(tmp_path / "measures.cache.json") == ref_measures
+    assert not (tmp_path / "checkpoint.pt").exists()  # deleted once metrics and measures are written
+
+
+def test_sigterm_to_a_measuring_qgen_train_process_exits_143_and_the_rerun_does_not_train_again(
+    tmp_path, digits_dir, measured_reference
+) -> None:
+    """A real SIGTERM (what `scontrol requeue` and preemption send) to a real `qgen train` process while it
+    measures: it exits 143 with a message and no traceback, keeping its final checkpoint; the same command
+    then trains nothing and writes the metrics and measures of an uninterrupted run."""
+    spec, ref_metrics, ref_measures = measured_reference
+    env = {**os.environ, "QGEN_RUNTIME": "", "QGEN_MEASURES": MEASURES}
+    cmd = [sys.executable, "-m", "qgen", *measured_train_args(spec, str(digits_dir / "meta.json"), tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if f"{MEASURED_RUN}: measuring" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    err = "".join(lines)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, err
+    assert f"{MEASURED_RUN}: evaluating and measuring interrupted by SIGTERM; the finished training" in err
+    assert "Traceback" not in err and not (tmp_path / "measures.cache.json").exists()
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["finished"]["stop_reason"] == "max_epochs"
+    forget_failed_job_outputs(tmp_path)
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "training already finished at epoch 2" in rerun.stderr and "epoch 1/2" not in rerun.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["fit"], metrics["metrics"]) == (ref_metrics["fit"], ref_metrics["metrics"])
+    assert measure_body(tmp_path / "measures.cache.json") == ref_measures
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_sigterm_while_the_measure_rule_measures_exits_at_once_and_writes_nothing(
+    tmp_path, monkeypatch
+) -> None:
+    (tmp_path / "model.pt").write_bytes(b"a model file")
+
+    def measuring(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        raise AssertionError("SIGTERM did not end the measuring")
+
+    monkeypatch.setattr(cli, "measure_model_file", measuring)
+    out = tmp_path / "measures.json"
+    argv = ["measure", "--model", str(tmp_path / "model.pt"), "--data-meta", "meta.json", "--out", str(out)]
+    with sigterm_guard() as unhandled, pytest.raises(preemption.Interrupted, match="measuring interrupted"):
+        cli.main([*argv, "--device", "cpu"])
+    assert unhandled == [] and not out.exists()

@@ -114,8 +114,11 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train (resuming from the run's checkpoint), write model.pt, evaluate into --out-metrics and measure
+    into --measure-cache; the final training checkpoint is deleted only after all of them are written,
+    so a crash or signal while evaluating or measuring costs a rerun of those, never the training."""
     from qgen import runtime
-    from qgen.train import save_model, train_run
+    from qgen.train import checkpoint, preemption, save_model, train_run
 
     record = json.loads(args.spec) if args.spec.lstrip().startswith("{") else qio.read_json(args.spec)
     spec, rid = record["spec"], record["run_id"]
@@ -123,29 +126,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = runtime.configure(run_cfg)
     data = _data_for(args.data_meta, spec)
     out_dir = Path(args.out_model).parent
-    t0 = time.perf_counter()
-    model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
-    prov = _provenance(
-        rid,
-        spec["seed"],
-        run_cfg,
-        device,
-        data,
-        wall_seconds=round(time.perf_counter() - t0, 3),
-    )
-    save_model(args.out_model, model, init_state, spec, rid, result, prov)
-    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
-    if args.out_metrics:  # evaluate in the same process (saves one interpreter start per run)
-        evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device, data)
-    settings_json = os.environ.get("QGEN_MEASURES")
+    ckpt = checkpoint.path_in(out_dir)
+    settings_json = os.environ.get("QGEN_MEASURES") or ""
+    settings = None
     if args.measure_cache and settings_json:  # measure too; the measure rule adopts it if still valid
         from qgen.config import measures_schema, validate
 
         settings = validate(json.loads(settings_json), measures_schema(), where="measure settings")
-        record = measure_model_file(args.out_model, args.data_meta, settings, run_cfg, device, data)
-        qio.write_json(
-            args.measure_cache, {"key": _cache_key(settings_json, args.out_model), "record": record}
+    if args.measure_cache:  # measures of an older model file of this run: this job writes a new one
+        Path(args.measure_cache).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with preemption.exit_on_signal("training", f"run the same command again to resume from {ckpt}"):
+        model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
+    kept = f"the finished training is kept in {ckpt}: run the same command again to finish without retraining"
+    with preemption.exit_on_signal(f"{rid}: evaluating and measuring", kept):
+        prov = _provenance(
+            rid,
+            spec["seed"],
+            run_cfg,
+            device,
+            data,
+            wall_seconds=round(time.perf_counter() - t0, 3),
         )
+        save_model(args.out_model, model, init_state, spec, rid, result, prov)
+        if args.out_metrics:  # evaluate in the same process (saves one interpreter start per run)
+            evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device, data)
+        if settings is not None:
+            print(f"{rid}: measuring (settings from $QGEN_MEASURES)", file=sys.stderr, flush=True)
+            record = measure_model_file(args.out_model, args.data_meta, settings, run_cfg, device, data)
+            qio.write_json(
+                args.measure_cache, {"key": _cache_key(settings_json, args.out_model), "record": record}
+            )
+    ckpt.unlink(missing_ok=True)  # the run's model, metrics and measures are written
     print(
         f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
         f"train CE {result.final_train_ce:.4f}",
@@ -156,20 +168,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qgen import runtime
+    from qgen.train import preemption
 
     run_cfg = _runtime(args)
-    evaluate_model_file(args.model, args.data_meta, args.out, run_cfg, runtime.configure(run_cfg))
+    with preemption.exit_on_signal("evaluating", "nothing was written: run the same command again"):
+        evaluate_model_file(args.model, args.data_meta, args.out, run_cfg, runtime.configure(run_cfg))
     return 0
 
 
 def evaluate_model_file(
     model_path: str, data_meta: str, out: str, run_cfg: dict[str, Any], device: Any, data: Any = None
 ) -> None:
-    """Write metrics.json: metrics of the quantized model, its training outcome and provenance.
+    """Write metrics.json: metrics of the quantized model, its training outcome, the precision each layer
+    computes at (qgen.models.precision) and provenance.
 
     ``data``: the run's prepared data if already loaded and verified (else read from ``data_meta``)."""
     from qgen.measures.gap import generalization_metrics
-    from qgen.models import model_from_payload, read_model_file
+    from qgen.models import model_from_payload, precision_record, read_model_file
+    from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, degenerate_reason
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
@@ -178,8 +194,14 @@ def evaluate_model_file(
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
     metrics = generalization_metrics(model, data, device)
-    if fit["status"] == "diverged":
+    if fit["status"] == DIVERGED:
         metrics = {k: float("nan") for k in metrics}
+    elif fit["status"] == COMPLETED:  # training checked its train CE and accuracy; the test CE is new here
+        ces = (metrics["train_ce"], metrics["test_ce"])
+        reason = degenerate_reason(metrics["train_acc"], ces, data.meta["class_counts"]["train"])
+        if reason is not None:
+            fit.update(status=DEGENERATE, degenerate_reason=reason)
+    fit.setdefault("degenerate_reason", None)  # (model files written before degenerate runs had a status)
     prov = _provenance(
         payload["run_id"],
         payload["spec"]["seed"],
@@ -197,6 +219,7 @@ def evaluate_model_file(
             "status": fit.pop("status"),
             "fit": fit,
             "metrics": metrics,
+            "precision": precision_record(payload["spec"]),
             "spec": payload["spec"],
             "provenance": prov,
         },
@@ -244,27 +267,40 @@ def _cache_key(settings_json: str, model_path: str) -> dict[str, str]:
     }
 
 
+def _cached_record(cache: str, settings_json: str, model_path: str) -> dict[str, Any] | None:
+    """The measures.json body in a measure cache written for exactly these settings and this model file
+    (its sha256), else None: a cache of other settings, of an older model or unreadable is never used."""
+    try:
+        cached = qio.read_json(cache)
+        if cached["key"] == _cache_key(settings_json, model_path):
+            return cached["record"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     # Fast path, before anything imports torch: adopt measures the training job already computed
     # with exactly these settings for exactly this model file.
     if args.cache and Path(args.cache).exists():
-        cached = qio.read_json(args.cache)
-        if cached.get("key") == _cache_key(args.settings, args.model):
-            qio.write_json(args.out, cached["record"])
+        cached = _cached_record(args.cache, args.settings, args.model)
+        if cached is not None:
+            qio.write_json(args.out, cached)
             Path(args.cache).unlink()
-            print(
-                f"{cached['record']['run_id']}: measures computed by the training job adopted",
-                file=sys.stderr,
-            )
+            print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
             return 0
-        print("measure cache is stale (other settings or model); measuring again", file=sys.stderr)
+        print(
+            "measure cache is stale (other settings or model) or unreadable; measuring again", file=sys.stderr
+        )
     from qgen import runtime
     from qgen.config import measures_schema, validate
+    from qgen.train import preemption
 
     settings = validate(json.loads(args.settings), measures_schema(), where="measure settings")
     run_cfg = _runtime(args)
-    record = measure_model_file(args.model, args.data_meta, settings, run_cfg, runtime.configure(run_cfg))
-    qio.write_json(args.out, record)
+    with preemption.exit_on_signal("measuring", "nothing was written: run the same command again"):
+        record = measure_model_file(args.model, args.data_meta, settings, run_cfg, runtime.configure(run_cfg))
+        qio.write_json(args.out, record)
     if args.cache:
         Path(args.cache).unlink(missing_ok=True)
     print(f"{record['run_id']}: measured ({record['status']})", file=sys.stderr)
@@ -323,7 +359,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     settings = validate(json.loads(args.settings), analysis_schema(), where="analysis settings")
     result = analyse(read_runs(args.runs), args.out_dir, settings, args.experiment)
     for claim in result["claims"]:
-        print(f"{claim['claim']}: {'pass' if claim['pass'] else 'FAIL'}", file=sys.stderr)
+        print(f"{claim['claim']}: {claim['verdict']} ({claim['regime']})", file=sys.stderr)
     return 0
 
 

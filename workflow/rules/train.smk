@@ -2,6 +2,14 @@
 # rule adopts when its settings and the model file still match (an interpreter start with torch costs
 # more than a small run's training). Each run's files stay separate DAG targets; measure settings are
 # params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
+# Undeclared side files, on purpose (docs/architecture.md, "Files of one run"):
+# - checkpoint.pt: kept by `qgen train` until model.pt, metrics.json and the cache are written, so when
+#   the job fails or is preempted while evaluating or measuring (Snakemake then deletes its outputs), the
+#   rerun loads the finished training from it and does not train again.
+# - measures.cache.json: declared, it would retrain runs (as an output of train, its removal by measure
+#   makes train incomplete; as an input of measure, a new measure setting needs train to remake it). It is
+#   keyed instead by the measure settings and model.pt's sha256: train removes any old one before it starts,
+#   measure adopts it only if both keys match, measures afresh otherwise, and removes it either way.
 # On a cluster both rules belong to the group "runs": profiles/slurm packs the jobs of several runs into
 # one SLURM job (group-components), so thousands of small runs do not become thousands of SLURM jobs. A
 # group job runs its runs one after another; `runs_at_once` (limited to 1 per group job by the profile)

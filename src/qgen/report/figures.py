@@ -13,6 +13,7 @@ import pandas as pd
 import seaborn as sns
 
 from qgen.io import atomic_path
+from qgen.run_status import LEFT_OUT
 from qgen.runs_table import bits_order
 
 PANELS = {
@@ -121,8 +122,8 @@ def metrics_vs_bits(df: pd.DataFrame, panels: dict[str, str], stem: str | Path, 
             ax.set_yscale("log")
     if len(ok):
         axes[-1].legend(title="runs", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    n_div = int((df["status"] == "diverged").sum())
-    fig.suptitle(f"{title} — {len(ok)} runs" + (f" (+{n_div} diverged, not shown)" if n_div else ""))
+    left = ", ".join(f"+{k} {s}" for s in LEFT_OUT if (k := int((df["status"] == s).sum())))
+    fig.suptitle(f"{title} — {len(ok)} runs" + (f" ({left}, not shown)" if left else ""))
     return save_figure(fig, stem)
 
 

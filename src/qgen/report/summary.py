@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from qgen.io import read_json, write_json
+from qgen.run_status import LEFT_OUT
 from qgen.runs_table import bits_order, read_runs
 
 #: metrics averaged per bit width
@@ -28,7 +29,7 @@ def summarize(runs: pd.DataFrame, claims: list[dict[str, Any]]) -> dict[str, flo
     out: dict[str, float | int | None] = {
         "runs": len(runs),
         "completed": len(completed),
-        "diverged": int((runs["status"] == "diverged").sum()),
+        **{status: int((runs["status"] == status).sum()) for status in LEFT_OUT},  # diverged, degenerate
         "claims_passed": sum(bool(c["pass"]) for c in claims),
         "claims_total": len(claims),
         "claims_failed": sum(c.get("verdict") == "fail" for c in claims),

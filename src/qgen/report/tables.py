@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from qgen.io import write_text
+from qgen.run_status import COMPLETED, LEFT_OUT
 from qgen.runs_table import bits_order, spec_columns
 
 #: Metrics summarized per row of the gap table: column → heading.
@@ -43,15 +44,20 @@ def gap_by_bits(df: pd.DataFrame) -> pd.DataFrame:
     return summary_by_bits(df, GAP_METRICS)
 
 
-def aggregate_over_seeds(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
-    """One row per group of ``keys``: ``n`` completed runs, ``diverged`` runs (left out of the
-    statistics), mean and sample std of each metric, and the run ids of every run of the group."""
+def aggregate_over_seeds(
+    df: pd.DataFrame, keys: list[str], metrics: list[str], use: Sequence[str] = (COMPLETED,)
+) -> pd.DataFrame:
+    """One row per group of ``keys``: ``n`` runs whose status is in ``use`` (completed runs by default),
+    mean and sample std of each metric over them, and the run ids of every run of the group. Each status
+    of ``qgen.run_status.LEFT_OUT`` is counted: in a column named by it when its runs are left out of the
+    statistics, in ``<status>_in_n`` when ``use`` takes them in."""
     rows = []
     for values, group in df.groupby(keys, sort=False, dropna=False):
-        ok = group[group["status"] == "completed"]
+        ok = group[group["status"].isin(use)]
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
         row["n"] = len(ok)
-        row["diverged"] = int((group["status"] == "diverged").sum())
+        for status in LEFT_OUT:
+            row[f"{status}_in_n" if status in use else status] = int((group["status"] == status).sum())
         for metric in metrics:
             vals = ok[metric].astype(float)
             row[f"{metric}_mean"] = vals.mean() if len(vals) else np.nan
@@ -63,7 +69,7 @@ def aggregate_over_seeds(df: pd.DataFrame, keys: list[str], metrics: list[str]) 
 
 def summary_by_bits(df: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
     """One row per configuration (varying hyperparameters × quantizer), ``metrics`` aggregated over
-    seeds. Diverged runs are excluded from the statistics and counted in ``diverged``; metrics absent
+    seeds. Diverged and degenerate runs are excluded from the statistics and counted; metrics absent
     from ``df`` are skipped."""
     keys = ["model_label", *varying_hyperparameters(df), "quant", "bits"]
     keys = list(dict.fromkeys(k for k in keys if k in df.columns))
@@ -90,21 +96,37 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:{fmt}}" if np.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
+#: the status-count columns of an aggregated table (see aggregate_over_seeds)
+COUNT_COLUMNS = {**{f"{s}_in_n": f"{{}} {s}" for s in LEFT_OUT}, **{s: f"+{{}} {s}" for s in LEFT_OUT}}
+
+
+def _n_shown(table: pd.DataFrame) -> list[str]:
+    """``n`` with the status counts that are not 0: ``3 (+1 diverged)`` (left out), ``2 (2 degenerate)``
+    (among the n)."""
+    columns = [c for c in COUNT_COLUMNS if c in table.columns]
+    shown = []
+    for n, *counts in zip(table["n"], *(table[c] for c in columns), strict=True):
+        parts = ", ".join(COUNT_COLUMNS[c].format(k) for c, k in zip(columns, counts, strict=True) if k)
+        shown.append(f"{n} ({parts})" if parts else str(n))
+    return shown
+
+
 def _display(
     table: pd.DataFrame,
     metrics: dict[str, str],
     value: Callable[[float, float], str] = _pm,
     last: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """The shown form of a summary table: its keys, n (with diverged runs), each metric as ``value(mean,
-    std)``, then the columns ``last`` (e.g. a paper's published values), then the run ids."""
+    """The shown form of a summary table: its keys, n (with the runs left out, e.g. ``3 (+1 diverged)``),
+    each metric as ``value(mean, std)``, then the columns ``last`` (e.g. a paper's published values), then
+    the run ids."""
     keys = [
         c
         for c in table.columns
-        if not c.endswith(("_mean", "_std")) and c not in ("n", "diverged", "run_ids", *last)
+        if not c.endswith(("_mean", "_std")) and c not in ("n", *COUNT_COLUMNS, "run_ids", *last)
     ]
     shown = table[keys].copy()
-    shown["n"] = table["n"].astype(str) + table["diverged"].map(lambda d: f" (+{d} diverged)" if d else "")
+    shown["n"] = _n_shown(table)
     for metric, heading in metrics.items():
         if f"{metric}_mean" not in table.columns:
             continue

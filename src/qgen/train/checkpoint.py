@@ -1,4 +1,9 @@
-"""Atomic checkpoints: written to a temporary file and renamed, read back with weights_only=True."""
+"""Atomic checkpoints: written to a temporary file and renamed, read back with weights_only=True.
+
+A run's checkpoint is ``checkpoint.pt`` beside its model.pt. It is not a workflow output: it exists while
+the run is unfinished, from the first checkpoint until ``qgen train`` has written the run's model,
+metrics and measures, and a rerun continues from it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,13 @@ from typing import Any
 import torch
 
 from qgen.io import torch_save
+
+FILENAME = "checkpoint.pt"
+
+
+def path_in(run_dir: str | Path) -> Path:
+    """The checkpoint of the run whose files are in ``run_dir``."""
+    return Path(run_dir) / FILENAME
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
@@ -29,7 +41,8 @@ def training_state(
     device: torch.device,
 ) -> dict[str, Any]:
     """Everything a resumed run needs after ``epoch`` finished epochs: weights and buffers, optimizer
-    state, RNG states, initial weights and the log so far (a mid-epoch checkpoint adds ``partial``)."""
+    state, RNG states, initial weights and the log so far (a mid-epoch checkpoint adds ``partial``, the
+    final one ``finished``: status, stop reason and divergence epoch)."""
     state = {
         "spec_hash": identity,
         "epoch": epoch,

@@ -4,11 +4,17 @@
   whole training set (eval mode, i.e. the quantized model as deployed) is computed; training stops
   when it is at or below ``train.target_ce`` or after ``train.max_epochs``. Which one ended the
   run is recorded (``stop_reason``).
-- A non-finite training loss marks the run ``diverged`` (with its epoch); the run still writes
-  its outputs so the sweep goes on and the table can count it.
+- A non-finite training loss marks the run ``diverged`` (with its epoch); a run that ends with a
+  finite loss but a non-finite training CE or a training accuracy at chance is ``degenerate``
+  (qgen.run_status, with its reason). Either way the run still writes its outputs so the sweep goes
+  on and the tables can count it.
 - Every ``checkpoint_every`` epochs the full training state (model, optimizer, RNG, log) is
   written atomically to ``checkpoint.pt``; a restarted run resumes from it and ends with the same
   result as an uninterrupted one. Data order is a pure function of (seed, epoch).
+- When training ends, a final checkpoint records the finished state and how the run ended
+  (``finished``). The caller deletes it once the run's metrics and measures are written
+  (``qgen train``); a rerun after a crash or preemption while evaluating or measuring loads it and
+  does not train again.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from qgen.io import atomic_open
 from qgen.metrics import accuracy_and_ce
 from qgen.models import build_model
 from qgen.quant import BinaryQuantizer, constrain_latent_weights, init_quantizers, quant_layers
+from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, chance_accuracy, degenerate_reason
 from qgen.train import checkpoint, preemption
 from qgen.train.losses import training_loss
 from qgen.train.optim import build_optimizer, lr_at, momentum_at, set_lr, set_momentum
@@ -44,7 +51,7 @@ CALIBRATION_EXAMPLES = 256
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" or "diverged"
+    status: str  # "completed", "diverged" or "degenerate" (qgen.run_status)
     stop_reason: str  # "target_ce", "max_epochs" or "diverged"
     epochs: int
     diverged_epoch: int | None
@@ -52,6 +59,7 @@ class TrainResult:
     final_train_acc: float
     train_seconds: float
     resumed_from_epoch: int | None
+    degenerate_reason: str | None = None  # "non_finite_ce" or "chance_accuracy" when degenerate
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -114,11 +122,12 @@ def train_run(
     """Train the run described by ``spec`` into ``out_dir`` (resuming from its checkpoint).
 
     Returns the trained model (eval mode), its initial state (after quantizer calibration, for
-    distance-from-initialization measures) and the training summary.
+    distance-from-initialization measures) and the training summary. The final checkpoint stays in
+    ``out_dir``: the caller deletes it when the run's results are written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt_path = checkpoint.path_in(out_dir)
     progress = sys.stderr.isatty() if progress is None else progress
     seed, optim_spec, train_spec = spec["seed"], spec["optim"], spec["train"]
     max_epochs, target = train_spec["max_epochs"], train_spec.get("target_ce")
@@ -161,11 +170,18 @@ def train_run(
         )
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    status, stop_reason, diverged_epoch = "completed", "max_epochs", None
+    status, stop_reason, diverged_epoch = COMPLETED, "max_epochs", None
+    finished = state.pop("finished", None) if state is not None else None
+    if finished is not None:  # training ended; what came after it (evaluating, measuring) did not
+        status, stop_reason, diverged_epoch = (
+            finished[k] for k in ("status", "stop_reason", "diverged_epoch")
+        )
+        start_epoch = max_epochs
+        log.info("training already finished at epoch %d (%s): not training again", len(rows), stop_reason)
+    elif rows and target is not None and rows[-1]["train_ce"] <= target:
+        stop_reason, start_epoch = "target_ce", max_epochs  # finished before the interruption
     bar = _progress(max_epochs, start_epoch, progress)
     stop = preemption.install()  # SIGTERM/SIGINT/SIGUSR*: checkpoint at the next batch, then exit
-    if rows and target is not None and rows[-1]["train_ce"] <= target:
-        stop_reason, start_epoch = "target_ce", max_epochs  # finished before the interruption
     for epoch in range(start_epoch, max_epochs):
         t0 = time.perf_counter()
         lr = lr_at(optim_spec, epoch, max_epochs)
@@ -185,7 +201,7 @@ def train_run(
                 stop.checkpoint_and_exit(ckpt_path, partial, batch_start=start + len(idx), loss_sum=loss_sum)
         mean_loss = float(loss_sum) / len(order)
         if not torch.isfinite(torch.tensor(mean_loss)):
-            status, stop_reason, diverged_epoch = "diverged", "diverged", epoch + 1
+            status, stop_reason, diverged_epoch = DIVERGED, "diverged", epoch + 1
             train_acc, train_ce = float("nan"), float("nan")
         else:
             train_acc, train_ce = accuracy_and_ce(model, x_train, y_train, device=device)
@@ -208,33 +224,47 @@ def train_run(
             bar.update(1)
         else:
             print(message, file=sys.stderr, flush=True)
-        if status == "diverged":
+        if status == DIVERGED:
             log.warning("run diverged at epoch %d (loss %s); recording it and stopping", epoch + 1, mean_loss)
             break
-        done = target is not None and train_ce <= target
-        if done:
+        if target is not None and train_ce <= target:
             stop_reason = "target_ce"
-        if done or (epoch + 1) % runtime.get("checkpoint_every", 5) == 0:
+            break
+        if (epoch + 1) % runtime.get("checkpoint_every", 5) == 0 and epoch + 1 < max_epochs:
             state = checkpoint.training_state(
                 identity, epoch + 1, model, optimizer, init_state, rows, elapsed, device
             )
             checkpoint.save(ckpt_path, state)
-        if done:
-            break
+    if finished is None:  # the final checkpoint, kept until the run's metrics and measures are written
+        state = checkpoint.training_state(
+            identity, len(rows), model, optimizer, init_state, rows, elapsed, device
+        )
+        state["finished"] = {"status": status, "stop_reason": stop_reason, "diverged_epoch": diverged_epoch}
+        checkpoint.save(ckpt_path, state)
     if bar is not None:
         bar.close()
     stop.restore()
 
     last = rows[-1] if rows else {"train_ce": float("nan"), "train_acc": float("nan")}
+    reason = None
+    if status == COMPLETED:
+        reason = degenerate_reason(last["train_acc"], [last["train_ce"]], data.meta["class_counts"]["train"])
+    if reason is not None:
+        status = DEGENERATE
+        log.warning(
+            "run is degenerate (%s): train CE %s, train accuracy %.4f (chance: ≤ %.4f); recording it",
+            reason, last["train_ce"], last["train_acc"], chance_accuracy(data.meta["class_counts"]["train"]),
+        )  # fmt: skip
     result = TrainResult(
-        status,
-        stop_reason,
-        len(rows),
-        diverged_epoch,
-        last["train_ce"],
-        last["train_acc"],
-        round(elapsed, 3),
-        resumed,
+        status=status,
+        stop_reason=stop_reason,
+        epochs=len(rows),
+        diverged_epoch=diverged_epoch,
+        final_train_ce=last["train_ce"],
+        final_train_acc=last["train_acc"],
+        train_seconds=round(elapsed, 3),
+        resumed_from_epoch=resumed,
+        degenerate_reason=reason,
     )
     _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows)
     model.train(False)

@@ -9,16 +9,23 @@ exits with status 128 + signal number and a message that says where to resume. D
 function of (seed, epoch) and the checkpoint holds the RNG state, so the resumed run continues with
 exactly the batches and random draws the uninterrupted run would have used: on CPU it ends with
 bit-identical metrics. A second signal while the checkpoint is being written stops at once.
+
+Outside the training loop (setting up, evaluating, measuring) there is no state worth a checkpoint:
+:func:`exit_on_signal` makes the same signals end the process at once with the same status and a
+message, no traceback. What is on disk stays: the final training checkpoint is kept until the run's
+metrics and measures are written, so the rerun evaluates and measures again but does not retrain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +55,47 @@ class TrainingInterrupted(SystemExit):
         )
 
 
+class Interrupted(SystemExit):
+    """A signal outside the training loop ended ``doing`` at once; the exit status is 128 + signal."""
+
+    def __init__(self, signum: int, doing: str, resume: str) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.doing, self.resume = signum, doing, resume
+
+    def __str__(self) -> str:
+        return f"{self.doing} interrupted by {signal.Signals(self.signum).name}; {self.resume}"
+
+
+@contextlib.contextmanager
+def exit_on_signal(doing: str, resume: str) -> Iterator[None]:
+    """While the block runs, SIGTERM/SIGINT/SIGUSR1/SIGUSR2 raise :class:`Interrupted` at once (logged
+    with ``resume``: what the rerun continues from). The training loop's :class:`StopRequest` takes
+    over inside it and hands back to it (a request the loop no longer acts on ends the process here).
+    Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        err = Interrupted(signum, doing, resume)
+        log.warning("%s", err)
+        raise err
+
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        _restore_handlers(previous)
+
+
 class StopRequest:
     """Signal handlers that record a stop request instead of killing the process.
 
     Installed only in the main thread (Python delivers signals there); elsewhere it never requests
     a stop. :meth:`restore` puts the previous handlers back; it also runs when the object is
-    garbage-collected, so an exception out of the training loop does not leave them installed.
+    garbage-collected, so an exception out of the training loop does not leave them installed (there
+    it leaves alone a signal whose handler someone else has set since, e.g. :func:`exit_on_signal`
+    ending its block while the exception still holds the loop's frame).
     """
 
     def __init__(self) -> None:
@@ -69,7 +111,7 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 previous[sig] = signal.signal(sig, handler)
-        self._restore = weakref.finalize(self, _restore_handlers, previous)
+        self._restore = weakref.finalize(self, _restore_handlers, previous, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # second signal: stop now, without a checkpoint
@@ -110,11 +152,13 @@ class StopRequest:
         raise err
 
 
-def _restore_handlers(previous: dict[int, Any]) -> None:
+def _restore_handlers(previous: dict[int, Any], installed: Any = None) -> None:
+    """Put ``previous`` back; with ``installed``, only for signals whose handler is still that one."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig, handler in previous.items():
-        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if installed is None or signal.getsignal(sig) is installed:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     previous.clear()
 
 
