@@ -252,11 +252,14 @@ def test_low_precision_claims() -> None:
     two = {c["claim"]: c for c in check_claims(low_precision_runs(2))}
     assert two["dynamic_fixed_10_12_matches_float"]["verdict"] == "inconclusive"
     assert two["fixed_20_20_matches_float"]["verdict"] == "inconclusive"
-    # fixed-point runs that never trained (degenerate) are left out and counted, not compared
+    # fixed-point runs that never trained (degenerate) are the 2014 result at that width: they are compared;
+    # diverged runs (no metrics) are left out and counted
     runs = low_precision_runs(12)
     runs.loc[runs["run_id"].str.startswith("fixed6"), "status"] = "degenerate"
+    runs.loc[runs["run_id"].str.startswith("fixed2020"), "status"] = "diverged"
     beats = {c["claim"]: c for c in check_claims(runs)}["dynamic_fixed_beats_fixed"]
-    assert beats["n_pairs"] == 24 and len(beats["excluded"]["status degenerate"]) == 12
+    assert beats["n_pairs"] == 24 and len(beats["excluded"]["status diverged"]) == 12
+    assert {f"fixed612-{s}" for s in range(12)} <= set(beats["run_ids"].split())
 
 
 def test_default_config_defines_the_paper_experiments() -> None:

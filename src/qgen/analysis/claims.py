@@ -11,7 +11,8 @@ target_ce``); runs trained for a fixed epoch budget (``target_ce: null``, the *f
 when they completed. Claims about training loss use fixed-epoch runs only: the stopping rule equalizes the
 training CE of every run that reaches it. Flatness claims also drop runs whose σ′ search did not converge or
 ended at a bound of its interval (``search.pacbayes.converged`` / ``search.pacbayes.bound``). A run whose
-metric is not finite cannot enter either. Each claim reports its ``regime``.
+metric is not finite cannot enter either. The 2014 claims, about test error, also admit ``degenerate`` runs
+(a format that did not train is that paper's result). Each claim reports its ``regime``.
 
 **Pairs.** Runs are paired on every hyperparameter outside the quantizer and the seed. The quantizer setting
 is matched whole: a *family* is the quantizer with everything but its precision fixed (method, per-channel,
@@ -62,6 +63,7 @@ import pandas as pd
 from scipy import stats
 
 from qgen.analysis.correlation import bootstrap_tau, kendall_tau
+from qgen.run_status import COMPLETED, DEGENERATE
 from qgen.runs_table import RUNS_ALL, spec_column, spec_columns
 
 #: quantization methods of the bit-width family the QGen/QReg claims are about
@@ -83,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 TARGET, FIXED = "target", "fixed_epochs"
+#: statuses the 2014 claims compare: a degenerate run (a format that did not train: accuracy at chance) is
+#: the paper's result at that bit width (fixed point at few bits), and its test error counts, as in the paper
+#: tables (qgen.report.papers); the gap- and flatness-based QGen claims use completed runs only
+LOW_PRECISION_STATUSES = (COMPLETED, DEGENERATE)
 
 
 # ---------------------------------------------------------------- which runs can speak to a claim
@@ -95,7 +101,12 @@ def regime(df: pd.DataFrame) -> pd.Series:
 
 
 def exclusion_reasons(
-    df: pd.DataFrame, metric: str, *, regimes: tuple[str, ...] = (TARGET, FIXED), flatness: bool = False
+    df: pd.DataFrame,
+    metric: str,
+    *,
+    regimes: tuple[str, ...] = (TARGET, FIXED),
+    flatness: bool = False,
+    statuses: tuple[str, ...] = (COMPLETED,),
 ) -> pd.Series:
     """Why each run cannot enter a claim on ``metric`` ("" where it can); the first reason that applies."""
     reason = pd.Series("", index=df.index, dtype=object)
@@ -104,10 +115,11 @@ def exclusion_reasons(
         hit = (reason == "") & pd.Series(mask, index=df.index).fillna(False).astype(bool)
         reason[hit] = why[hit] if isinstance(why, pd.Series) else why
 
-    mark(df["status"] != "completed", "status " + df["status"].astype(str))
+    mark(~df["status"].isin(statuses), "status " + df["status"].astype(str))
     run_regime = regime(df)
     stop = spec_column(df, "fit.stop_reason", "target_ce")
-    mark((run_regime == TARGET) & (stop != "target_ce"), "stopping target not reached")
+    finished = df["status"] == COMPLETED  # a degenerate run (where admitted) stopped for its own reason
+    mark(finished & (run_regime == TARGET) & (stop != "target_ce"), "stopping target not reached")
     for r in (TARGET, FIXED):
         if r not in regimes:
             why = (
@@ -523,7 +535,7 @@ def _matches_float(
     df: pd.DataFrame, name: str, fmt: str, prop: int, update: int, opt: dict[str, Any]
 ) -> dict | None:
     method = _method(df)
-    sel = select(df, "test_error")
+    sel = select(df, "test_error", statuses=LOW_PRECISION_STATUSES)
     used = sel.used
     m = _method(used)
     arm = used[(m == fmt) & (spec_column(used, "quant.prop_bits", np.nan) == prop)]
@@ -556,7 +568,7 @@ def low_precision_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str
     ]
     method = _method(maxout)
     if (method == "fixed").any() and (method == "dynamic_fixed").any():
-        sel = select(maxout, "test_error")
+        sel = select(maxout, "test_error", statuses=LOW_PRECISION_STATUSES)
         ok = sel.used
         comps = []
         for key, fx in ok[_method(ok) == "fixed"].groupby(["quant.prop_bits", "quant.update_bits"]):
