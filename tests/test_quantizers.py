@@ -159,3 +159,188 @@ def test_uniform_activation_range_tracks_running_max_and_freezes_in_eval() -> No
     out = q(torch.tensor([[0.0, 10.0]]))
     assert q.running_max.item() == pytest.approx(3.0)
     assert out.max().item() == pytest.approx(3.0)  # clipped at the frozen range
+
+
+# ---------------------------------------------------------------- uniform grids (issue 12, item 3)
+
+GRIDS = ("symmetric", "affine", "affine_int")
+weight_tensors = (
+    st.tuples(st.integers(1, 4), st.integers(1, 24))
+    .flatmap(lambda shape: arrays("float32", shape, elements=finite))
+    .map(torch.from_numpy)
+)
+
+
+def _weight_quantizer(bits: int, grid: str, w: torch.Tensor, per_channel: bool) -> UniformQuantizer:
+    channels = w.shape[0] if per_channel else None
+    return UniformQuantizer(bits, signed=True, role="weight", channels=channels, ndim=2, grid=grid)
+
+
+@settings(max_examples=150, deadline=None)
+@given(w=weight_tensors, bits=BITS, grid=st.sampled_from(GRIDS), per_channel=st.booleans())
+def test_uniform_ste_passes_the_gradient_to_the_weight_that_sets_the_range(
+    w, bits, grid, per_channel
+) -> None:
+    """Every weight lies inside the grid's range, the max-|w| (or min and max) ones included: the STE is
+    the identity for weights. The strict mask on v/s gave the max-|w| weight exactly zero gradient."""
+    q = _weight_quantizer(bits, grid, w, per_channel)
+    v = w.clone().requires_grad_()
+    q(v).sum().backward()
+    assert torch.equal(v.grad, torch.ones_like(v))
+
+
+def test_the_positive_max_weight_gets_the_straight_through_gradient() -> None:
+    """3/(3/7) = 7 = Q_P exactly: the strict mask −Q_N < v/s < Q_P gave this weight gradient 0."""
+    w = torch.tensor([3.0, -0.1, 0.05], requires_grad=True)
+    UniformQuantizer(4, signed=True, role="weight")(w).sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weight_tensors, bits=BITS, grid=st.sampled_from(GRIDS), per_channel=st.booleans())
+def test_uniform_grids_values_levels_error_and_range_ends(w, bits, grid, per_channel) -> None:
+    q = _weight_quantizer(bits, grid, w, per_channel)
+    out = q(w)
+    step = q.step_for(w).expand(w.shape[0], 1) if not per_channel else q.step_for(w)
+    qn, qp = (torch.as_tensor(b, dtype=torch.float32).expand(w.shape[0], 1) for b in q.level_bounds(w))
+    # on the grid: (v̂ / Δ) + Q_N is an integer level in [0, Q_N + Q_P]
+    level = out / step + qn
+    assert torch.allclose(level, level.round(), atol=1e-3 * (1 + level.abs().max()))
+    assert (level.round() >= 0).all() and (level.round() <= (qn + qp).round()).all()
+    # at most 2^b levels per step (per channel or per tensor)
+    groups = out if per_channel else out.reshape(1, -1)
+    assert all(len(torch.unique(row)) <= 2**bits for row in groups)
+    # error at most Δ/2 everywhere (every weight is inside the range)
+    assert ((out - w).abs() <= step / 2 * (1 + 1e-5) + 1e-6 * w.abs()).all()
+    rows = w if per_channel else w.reshape(1, -1)
+    outs = out if per_channel else out.reshape(1, -1)
+    scale = rows.abs().amax(dim=1)
+    rows, outs, scale = rows[scale > 1e-6], outs[scale > 1e-6], scale[scale > 1e-6]  # (ranges < 1e-8 clamp)
+    if grid == "symmetric":  # ±max|w| is a level: the weight that sets the range comes back
+        at = rows.abs().argmax(dim=1, keepdim=True)
+        assert torch.allclose(outs.gather(1, at), rows.gather(1, at), rtol=1e-6, atol=0)
+    elif grid == "affine":  # min and max are levels
+        low, high = rows.argmin(dim=1, keepdim=True), rows.argmax(dim=1, keepdim=True)
+        assert torch.equal(outs.gather(1, low), rows.gather(1, low))
+        assert ((outs.gather(1, high) - rows.gather(1, high)).abs().squeeze(1) <= 1e-6 * scale).all()
+    else:  # 0 is a level: an exact zero stays zero
+        z = w.clone()
+        z[:, 0] = 0.0
+        assert (q(z)[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_symmetric_two_bit_weight_grid_has_three_levels_and_affine_four(per_channel) -> None:
+    torch.manual_seed(4)
+    w = torch.randn(3, 200)
+    symmetric = _weight_quantizer(2, "symmetric", w, per_channel)(w)
+    affine = _weight_quantizer(2, "affine", w, per_channel)(w)
+    rows = (lambda x: x) if per_channel else (lambda x: x.reshape(1, -1))
+    assert [len(torch.unique(r)) for r in rows(symmetric)] == [3] * len(rows(w))
+    assert [len(torch.unique(r)) for r in rows(affine)] == [4] * len(rows(w))
+
+
+def test_uniform_activation_ranges_include_their_ends_and_clip_beyond() -> None:
+    for grid in GRIDS:
+        q = UniformQuantizer(4, signed=False, role="act", grid=grid, momentum=0.5)
+        q.calibrating = True
+        q(torch.tensor([[0.5, 2.0]]))
+        q.calibrating = False
+        q.eval()
+        x = torch.tensor([0.5, 1.0, 2.0, 2.5], requires_grad=True)
+        out = q(x)
+        out.sum().backward()
+        assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0], grid  # the range end passes, beyond is clipped
+        assert out[2].item() == pytest.approx(2.0) and out[3].item() == pytest.approx(2.0)
+
+
+def test_affine_activation_range_tracks_running_min_and_max() -> None:
+    q = UniformQuantizer(4, signed=True, role="act", grid="affine", momentum=0.5)
+    q.calibrating = True
+    q(torch.tensor([[-1.0, 3.0]]))
+    q.calibrating = False
+    assert (q.running_min.item(), q.running_max.item()) == (-1.0, 3.0)
+    q.train()
+    q(torch.tensor([[-3.0, 1.0]]))
+    assert (q.running_min.item(), q.running_max.item()) == (-2.0, 2.0)
+    q.eval()
+    q(torch.tensor([[-9.0, 9.0]]))
+    assert (q.running_min.item(), q.running_max.item()) == (-2.0, 2.0)
+    assert q.step_for(torch.zeros(1)).item() == pytest.approx(4.0 / 15)
+    assert "running_min" not in UniformQuantizer(4, signed=False, role="act").state_dict()
+
+
+def test_affine_grids_noise_statistics_see_no_clipping() -> None:
+    """noise.py reads the grid's ends from level_bounds: shifted grids are not mistaken for clipped."""
+    from qgen.measures.noise import noise_statistics
+
+    torch.manual_seed(5)
+    w = torch.rand(8, 500) * 3 + 1  # all positive: a symmetric grid would waste its negative half
+    for grid in GRIDS:
+        q = _weight_quantizer(4, grid, w, per_channel=True)
+        stats = noise_statistics(w, q(w), q.step_for(w), *q.level_bounds(w))
+        assert stats["clipped_fraction"] == 0.0, grid
+        assert stats["var_ratio"] == pytest.approx(1.0, abs=0.15), grid
+
+
+def test_unknown_grid_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"quant\.grid"):
+        UniformQuantizer(4, signed=True, grid="asymmetric")
+
+
+def test_quant_grid_reaches_every_uniform_quantizer_and_keeps_default_run_ids() -> None:
+    from qgen.config import ConfigError, validate_config
+    from qgen.experiments import all_runs, run_id
+    from qgen.models import build_model
+    from tests.conftest import REPO, make_spec
+
+    uniform = {"method": "uniform", "first_layer": "same", "last_layer": "same"}
+    spec = make_spec(quant={**uniform, "grid": "affine"})
+    assert spec["quant"]["grid"] == "affine"
+    model = build_model(spec, (1, 8, 8), 10)
+    quantizers = [m for m in model.modules() if isinstance(m, UniformQuantizer)]
+    assert quantizers and all(q.grid == "affine" for q in quantizers)
+    # the default grid spelled out is dropped: the run id of a spec without it stays
+    explicit = make_spec(quant={**uniform, "grid": "symmetric"})
+    assert "grid" not in explicit["quant"]
+    assert run_id(explicit) == run_id(make_spec(quant=uniform)) != run_id(spec)
+    # LSQ has no grid: the key is refused, not dropped
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    experiment = config["experiments"]["default"]
+    experiment["base"]["quant"]["grid"] = "affine"
+    config["experiments"] = {"e": {**experiment, "grid": {}}}
+    with pytest.raises(ConfigError, match=r"quant\.grid .*does not apply to quant\.method lsq"):
+        all_runs(validate_config(config))
+
+
+# ---------------------------------------------------------------- LSQ step sign (issue 12, item 3)
+
+
+@pytest.mark.parametrize(("role", "signed"), [("act", False), ("weight", True)])
+def test_lsq_step_driven_negative_by_the_optimizer_still_quantizes_with_a_positive_step(role, signed) -> None:
+    """With s < 0, s·clamp(round(v/s), −Q_N, Q_P) mirrors the grid to [−Q_P, Q_N]·|s|: an unsigned
+    activation quantizer (Q_N = 0) then maps every positive input to 0, a signed one clips asymmetrically
+    the wrong way. The quantizer uses |s|: the grid stays [−Q_N, Q_P]·|s|."""
+    torch.manual_seed(6)
+    v = torch.rand(64) * 3 if not signed else torch.cat([torch.randn(64), torch.tensor([50.0, -50.0])])
+    q = LSQQuantizer(4, signed=signed, role=role)
+    q.calibrate(v[None] if role == "act" else v)
+    q(v).pow(2).sum().backward()  # wants a smaller step
+    s = q.scale.item()
+    torch.optim.SGD(q.parameters(), lr=3 * s / q.scale.grad.item()).step()  # overshoots: s → −2s
+    assert q.scale.item() == pytest.approx(-2 * s)
+    out = q(v)
+    assert torch.equal(out, fake_quantize(v, q.scale.detach().abs(), q.qn, q.qp))
+    assert q.step_for(v).item() == pytest.approx(2 * s)
+    levels = out / q.step_for(v)
+    assert torch.allclose(levels, levels.round()) and levels.min() >= -q.qn and levels.max() <= q.qp
+    assert (out > 0).sum() == (v > q.step_for(v) / 2).sum()  # positive inputs stay positive
+    # the gradient reaching a negative s moves |s| exactly as LSQ moves the positive step
+    mirror = LSQQuantizer(4, signed=signed, role=role)
+    with torch.no_grad():
+        mirror.scale.copy_(q.scale.abs())
+    (g_negative,) = torch.autograd.grad(q(v).pow(2).sum(), q.scale)
+    (g_positive,) = torch.autograd.grad(mirror(v).pow(2).sum(), mirror.scale)
+    assert torch.equal(g_negative, -g_positive)

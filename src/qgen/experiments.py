@@ -111,6 +111,7 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "per_channel": None,
         "first_layer": "8bit",
         "last_layer": "8bit",
+        "grid": None,
     },
     "lsq": {
         "weight_bits": None,
@@ -138,6 +139,9 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "range_init_epochs": 2,
     },
 }
+#: quant keys added after run ids were frozen, with the default that is dropped from the spec when
+#: spelled out (as for MODEL_KEYS), so existing specs keep their run ids
+QUANT_OMITTED_DEFAULTS: dict[str, dict[str, Any]] = {"uniform": {"grid": "symmetric"}}
 #: model keys per architecture (beyond name, depth, width, dropout) with their defaults; a value equal
 #: to a default that the spec may omit is dropped, so spelling a default out never splits run ids
 MODEL_KEYS: dict[str, dict[str, Any]] = {
@@ -200,6 +204,9 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if method == "binary" and kept.get("test_time") is None:
         kept["test_time"] = "real" if kept["stochastic"] else "binary"
     spec["quant"] = {k: v for k, v in kept.items() if v is not None or k in quant}
+    for key, default in QUANT_OMITTED_DEFAULTS.get(method, {}).items():
+        if spec["quant"].get(key) == default:
+            spec["quant"].pop(key)
     model = spec["model"]
     name = model["name"]
     keep = {"name", "depth", "width", "dropout", *MODEL_KEYS[name]}

@@ -55,9 +55,10 @@ def ks_uniform(values: np.ndarray) -> tuple[float, float]:
 
 
 def noise_statistics(
-    v: torch.Tensor, q: torch.Tensor, step: torch.Tensor, qn: int, qp: int
+    v: torch.Tensor, q: torch.Tensor, step: torch.Tensor, qn: float | torch.Tensor, qp: float | torch.Tensor
 ) -> dict[str, float]:
-    """Statistics of θ = q − v for values ``v`` quantized to ``q`` with step ``step`` (broadcastable)."""
+    """Statistics of θ = q − v for values ``v`` quantized to ``q`` with step ``step`` (broadcastable) on a
+    grid from −qn·step to qp·step (``Quantizer.level_bounds``; tensors for a shifted grid)."""
     v, q = v.detach().double(), q.detach().double()
     delta = step.detach().double().expand_as(v)
     theta = q - v
@@ -120,11 +121,11 @@ def layer_noise(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
         if isinstance(wq, Quantizer):
             w = layer.weight.detach()
             q = wq.train_quantize(w, generator=torch.Generator(device=w.device).manual_seed(depth))
-            row["weight"] = {"bits": wq.bits, **noise_statistics(w, q, wq.step_for(w), wq.qn, wq.qp)}
+            row["weight"] = {"bits": wq.bits, **noise_statistics(w, q, wq.step_for(w), *wq.level_bounds(w))}
         aq = layer.input_quant
         if isinstance(aq, Quantizer) and name in inputs:
             a = inputs[name]
-            stats_a = noise_statistics(a, aq(a), aq.step_for(a), aq.qn, aq.qp)
+            stats_a = noise_statistics(a, aq(a), aq.step_for(a), *aq.level_bounds(a))
             row["act"] = {"bits": aq.bits, "zero_fraction": float((a == 0).double().mean()), **stats_a}
         rows.append(row)
     return rows

@@ -1,18 +1,19 @@
 """Quantizers as small modules with one job each, and the quantized layers built from them.
 
 A quantizer knows nothing of how it is trained or measured: it maps a tensor to its fake-quantized
-value (same dtype and shape) and exposes its step ``Δ`` (``.step``) and integer range.
+value (same dtype and shape) and exposes its step ``Δ`` (``step_for``) and integer range (``level_bounds``).
 """
 
 from qgen.quant.binary import BinaryQuantizer, constrain_latent_weights
 from qgen.quant.fixed_point import Arithmetic, FixedPointWeight, NumberGroup, fixed_point
-from qgen.quant.functional import fake_quantize, lsq_reference, ste_round
+from qgen.quant.functional import fake_quantize, lsq_reference, range_quantize, ste_round
 from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, init_quantizers, quant_layers
 from qgen.quant.low_precision import LowPrecisionLinear, softmax_output_loss
-from qgen.quant.quantizers import LSQQuantizer, Quantizer, UniformQuantizer, int_range
+from qgen.quant.quantizers import GRIDS, LSQQuantizer, Quantizer, UniformQuantizer, int_range
 from qgen.quant.registry import LayerQuant, layer_quant
 
 __all__ = [
+    "GRIDS",
     "Arithmetic",
     "BinaryQuantizer",
     "FixedPointWeight",
@@ -33,6 +34,7 @@ __all__ = [
     "layer_quant",
     "lsq_reference",
     "quant_layers",
+    "range_quantize",
     "softmax_output_loss",
     "ste_round",
 ]

@@ -1,4 +1,7 @@
-"""Fake quantization with a straight-through estimator, as one fused autograd function.
+"""Fake quantization with a straight-through estimator, as fused autograd functions.
+
+:func:`fake_quantize` (LSQ) and :func:`range_quantize` (the uniform quantizer, whose step comes from the
+tensor's range and gets no gradient) share the forward; they differ in the gradient's range.
 
 Forward (Esser et al. 2020, LSQ, Eq. 1-2):  v̂ = s · clamp(round(v / s), −Q_N, Q_P).
 Backward:
@@ -12,9 +15,12 @@ nodes and temporaries, not the arithmetic, dominate the cost. There is no Python
 tensor values, so models built from it trace cleanly under ``torch.compile``
 (``runtime.compile: true``), which fuses the element-wise work.
 
-``torch.round`` rounds halves to even; the closed form used in the tests does the same. The range
-is open for the gradients (a value exactly at −Q_N or Q_P counts as clipped), which is also what
-``torch.clamp``'s backward does, so :func:`lsq_reference` agrees everywhere, boundaries included.
+``torch.round`` rounds halves to even; the closed form used in the tests does the same. For LSQ the
+range is open for the gradients (a value exactly at −Q_N or Q_P counts as clipped, Eq. 3 and 5), which
+is also what ``torch.clamp``'s backward does, so :func:`lsq_reference` agrees everywhere, boundaries
+included. The uniform quantizer's STE passes the gradient on the closed range [lo, hi] it was given,
+compared with v itself (not with v/s, whose rounding can put the element that set the range just outside
+it): the weight at max |w| is not clipped, it sets the grid.
 """
 
 from __future__ import annotations
@@ -61,6 +67,44 @@ class _FakeQuantize(torch.autograd.Function):
                 grad_s = (grad * q - grad_v * x).sum_to_size(s.shape)
             grad_s = grad_s.reshape(s.shape) * ctx.grad_scale
         return (grad_v if ctx.needs_input_grad[0] else None), grad_s, None, None, None
+
+
+class _RangeQuantize(torch.autograd.Function):
+    """v̂ = s·clamp(round((v − o)/s), q_min, q_max) + o; ∂v̂/∂v = 1 on lo ≤ v ≤ hi, else 0; no gradient
+    for the step, the offset o or the range (they are functions of the data, not parameters)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(v, s, offset, lo, hi, qmin: int, qmax: int):  # type: ignore[override]
+        x = v / s if offset is None else (v - offset) / s
+        q = torch.round(x).clamp(qmin, qmax) * s
+        return (q if offset is None else q + offset), (v >= lo) & (v <= hi)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _, inside = output
+        ctx.mark_non_differentiable(inside)
+        ctx.save_for_backward(inside)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_inside: torch.Tensor):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, 0.0), None, None, None, None, None, None
+
+
+def range_quantize(
+    v: torch.Tensor,
+    s: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``s·clamp(round((v − offset)/s), qmin, qmax) + offset`` (offset None: 0) with the straight-through
+    gradient on the closed range ``lo ≤ v ≤ hi``; all of them broadcast against ``v``."""
+    return _RangeQuantize.apply(v, s, offset, lo, hi, qmin, qmax)[0]
 
 
 def fake_quantize(

@@ -21,6 +21,8 @@ QUANTIZERS: dict[str, type[Quantizer]] = {"uniform": UniformQuantizer, "lsq": LS
 WEIGHT_ONLY: dict[str, tuple[type[Quantizer], tuple[str, ...]]] = {
     "binary": (BinaryQuantizer, ("stochastic", "H", "lr_scale", "test_time")),
 }
+#: quant section keys passed to the quantizers of a per-layer method
+OPTIONS: dict[str, tuple[str, ...]] = {"uniform": ("grid",)}
 #: formats of the low-precision arithmetic, which only the maxout network implements
 ARITHMETIC_FORMATS = ("half", "fixed", "dynamic_fixed")
 
@@ -47,12 +49,15 @@ class LayerQuant:
             role="weight",
             channels=weight_shape[0] if self.per_channel else None,
             ndim=len(weight_shape),
+            **dict(self.options),
         )
 
     def input_quantizer(self) -> nn.Module:
         if self.act_bits is None or self.method in WEIGHT_ONLY:
             return nn.Identity()
-        return QUANTIZERS[self.method](self.act_bits, signed=self.input_signed, role="act")
+        return QUANTIZERS[self.method](
+            self.act_bits, signed=self.input_signed, role="act", **dict(self.options)
+        )
 
 
 def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> LayerQuant | None:
@@ -79,4 +84,5 @@ def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> Lay
     if policy == "8bit":
         w_bits = 8 if w_bits is not None else None
         a_bits = 8 if a_bits is not None else None
-    return LayerQuant(method, w_bits, a_bits, bool(quant.get("per_channel", False)), input_signed)
+    options = tuple((k, quant[k]) for k in OPTIONS.get(method, ()) if k in quant)
+    return LayerQuant(method, w_bits, a_bits, bool(quant.get("per_channel", False)), input_signed, options)
