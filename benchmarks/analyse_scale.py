@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qgen.analysis.correlation import correlation_table
+from qgen.analysis.correlation import _entropy_rows, correlation_table
 from qgen.analysis.run import measure_columns
 
 AXES: dict[str, list[Any]] = {
@@ -151,12 +151,6 @@ def legacy_granulated_kendall(
         psi[axis] = float(np.mean(taus)) if taus else float("nan")
     values = [v for v in psi.values() if np.isfinite(v)]
     return (float(np.mean(values)) if values else float("nan")), psi
-
-
-def _entropy_rows(counts: np.ndarray) -> np.ndarray:
-    total = counts.sum(axis=1, keepdims=True)
-    p = np.divide(counts, total, out=np.zeros_like(counts, dtype=float), where=total > 0)
-    return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)).sum(axis=1)
 
 
 def legacy_cmi(
