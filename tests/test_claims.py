@@ -100,8 +100,8 @@ def test_gap_claim_keeps_quantizer_arms_apart() -> None:
     found = by_name(pd.concat([lsq, uniform], ignore_index=True))["gap_shrinks_as_bits_drop"]
     assert found["verdict"] == "fail"
     steps = {(s["family"], s["step"]): s for s in found["steps"]}
-    assert steps[("method=lsq", "8->4")]["outcome"] == "against"
-    assert steps[("method=uniform", "FP32->4")]["outcome"] == "with"
+    assert steps[("lsq", "8->4")]["outcome"] == "against"
+    assert steps[("uniform", "FP32->4")]["outcome"] == "with"
 
 
 def test_mixed_precisions_are_their_own_arm() -> None:
@@ -221,7 +221,7 @@ def test_noise_variance_is_judged_per_precision() -> None:
     assert abs(df["noise.weight.var_ratio"].mean() - 1) < 0.1
     found = by_name(df)["noise_variance_is_delta_squared_over_12"]
     assert found["verdict"] == "fail"
-    assert [g["family"] for g in found["groups"]] == ["method=lsq, 2", "method=lsq, 8"]
+    assert [g["family"] for g in found["groups"]] == ["lsq 2", "lsq 8"]
     assert verdicts(qgen_table(seeds=1).head(8))["noise_variance_is_delta_squared_over_12"] == "inconclusive"
 
 

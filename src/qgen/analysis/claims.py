@@ -198,6 +198,14 @@ def family_columns(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def family_name(df: pd.DataFrame, fam_cols: list[str], key: tuple) -> str:
+    """A family's name for tables: its method, and the settings that tell it from the table's others."""
+    values = dict(zip(fam_cols, key, strict=True))
+    varying = [c for c in fam_cols if c != "quant.method" and df[c].astype(str).nunique() > 1]
+    extra = [f"{c.removeprefix('quant.')}={values[c]}" for c in varying if pd.notna(values[c])]
+    return " ".join([str(values.get("quant.method", "")), *extra]).strip()
+
+
 def level_label(w: float, a: float) -> str:
     if np.isinf(w):
         return "FP32"
@@ -242,9 +250,7 @@ def ladder_comparisons(df: pd.DataFrame, column: str) -> list[Comparison]:
     groups = quantized.groupby(fam_cols, dropna=False, sort=True) if fam_cols else [((), quantized)]
     for key, fam in groups:
         key = key if isinstance(key, tuple) else (key,)
-        name = ", ".join(
-            f"{c.removeprefix('quant.')}={v}" for c, v in zip(fam_cols, key, strict=True) if pd.notna(v)
-        )
+        name = family_name(quantized, fam_cols, key)
         levels = sorted({(w, a) for w, a in prec.loc[fam.index].itertuples(index=False)}, reverse=True)
         arms = {
             lv: fam[(prec.loc[fam.index, "w"] == lv[0]) & (prec.loc[fam.index, "a"] == lv[1])]
@@ -370,6 +376,7 @@ def equivalence_claim(
     return {
         "verdict": verdict,
         "test": f"two one-sided paired t-tests (TOST) of {what}, Holm over families",
+        "difference": what,
         "n_pairs": sum(r["n"] for r in rows),
         "groups": rows,
         "threshold": f"{100 * (1 - 2 * alpha):g}% interval within ±{tol}; >= {min_pairs} pairs",
@@ -479,14 +486,10 @@ def noise_variance_claim(df: pd.DataFrame, opt: dict[str, Any]) -> dict[str, Any
     fam_cols = family_columns(used)
     keys = [used[c].astype(str) for c in fam_cols] + [prec["w"], prec["a"]]
     for key, arm in used.groupby(keys, sort=True) if len(used) else []:
-        fam = ", ".join(
-            f"{c.removeprefix('quant.')}={v}" for c, v in zip(fam_cols, key, strict=False) if v != "nan"
-        )
+        fam = family_name(used, fam_cols, key[:-2])
         label = level_label(*key[-2:])
-        groups.append((f"{fam}, {label}", arm[metric].astype(float).to_numpy() - 1.0, list(arm["run_id"])))
-    claim = equivalence_claim(
-        groups, opt["var_ratio_tolerance"], opt, sel, "Var(θ)/(Δ²/12) − 1 per precision"
-    )
+        groups.append((f"{fam} {label}", arm[metric].astype(float).to_numpy() - 1.0, list(arm["run_id"])))
+    claim = equivalence_claim(groups, opt["var_ratio_tolerance"], opt, sel, "Var(θ)/(Δ²/12) − 1")
     claim["test"] = "two one-sided t-tests (TOST) of the mean ratio − 1 per precision, Holm over precisions"
     return {**_header("noise_variance_is_delta_squared_over_12", "QGen, QReg", metric), **claim}
 
@@ -610,7 +613,7 @@ def _result_text(c: dict[str, Any]) -> str:
             lo, hi = g["ci"]
             interval = f"[{lo:.4f}, {hi:.4f}]" if np.isfinite(lo) else "no interval"
             parts.append(f"{g['family'] or 'all'}: mean {g['mean']:.4f}, interval {interval}, n = {g['n']}")
-        return "; ".join(parts) if parts else "no pairs"
+        return f"{c['difference']}: " + ("; ".join(parts) if parts else "no pairs")
     if "tau" in c:
         return f"τ = {c['tau']:.3f}, 95% CI [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], n = {c['n']}"
     return ""
