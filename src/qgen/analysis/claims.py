@@ -213,9 +213,11 @@ def level_label(w: float, a: float) -> str:
     return f"{w:g}" if a == w else f"w{w:g}a{a_text}"
 
 
-def matched(high: pd.DataFrame, low: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Pairs of runs equal in every non-quantizer hyperparameter and the seed."""
-    keys = pair_keys(pd.concat([high, low]))
+def matched(
+    high: pd.DataFrame, low: pd.DataFrame, column: str, extra_keys: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Pairs of runs equal in every non-quantizer hyperparameter, the seed and ``extra_keys``."""
+    keys = [*pair_keys(pd.concat([high, low])), *extra_keys]
     merged = low[[*keys, column, "run_id"]].merge(
         high[[*keys, column, "run_id"]], on=keys, suffixes=("_low", "_high")
     )
@@ -534,17 +536,12 @@ def binaryconnect_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str
     return out
 
 
-def _matches_float(
-    df: pd.DataFrame, name: str, fmt: str, prop: int, update: int, opt: dict[str, Any]
-) -> dict | None:
-    method = _method(df)
-    sel = select(df, "test_error", statuses=LOW_PRECISION_STATUSES)
+def _matches_float(sel: Selection, name: str, fmt: str, prop: int, update: int, opt: dict[str, Any]) -> dict:
+    """TOST of the test error of format ``fmt`` at ``prop``/``update`` bits against the float twins."""
     used = sel.used
     m = _method(used)
     arm = used[(m == fmt) & (spec_column(used, "quant.prop_bits", np.nan) == prop)]
     arm = arm[spec_column(arm, "quant.update_bits", np.nan) == update]
-    if not ((method == fmt).any() and (method == "float").any()):
-        return None
     pairs = matched(used[m == "float"], arm, "test_error")
     diff = (pairs["value_low"] - pairs["value_high"]).to_numpy()
     label = "DFXP" if fmt == "dynamic_fixed" else "FXP"
@@ -561,34 +558,26 @@ def low_precision_claims(df: pd.DataFrame, opt: dict[str, Any]) -> list[dict[str
     if "model.name" not in df.columns or not (df["model.name"] == "maxout").any():
         return []
     maxout = df[df["model.name"] == "maxout"]
-    out = [
-        c
-        for c in (
-            _matches_float(maxout, "dynamic_fixed_10_12_matches_float", "dynamic_fixed", 10, 12, opt),
-            _matches_float(maxout, "fixed_20_20_matches_float", "fixed", 20, 20, opt),
-        )
-        if c is not None
-    ]
     method = _method(maxout)
+    sel = select(maxout, "test_error", statuses=LOW_PRECISION_STATUSES)
+    out = []
+    if (method == "float").any():
+        for name, fmt, prop, update in (
+            ("dynamic_fixed_10_12_matches_float", "dynamic_fixed", 10, 12),
+            ("fixed_20_20_matches_float", "fixed", 20, 20),
+        ):
+            if (method == fmt).any():
+                out.append(_matches_float(sel, name, fmt, prop, update, opt))
     if (method == "fixed").any() and (method == "dynamic_fixed").any():
-        sel = select(maxout, "test_error", statuses=LOW_PRECISION_STATUSES)
-        ok = sel.used
-        comps = []
-        for key, fx in ok[_method(ok) == "fixed"].groupby(["quant.prop_bits", "quant.update_bits"]):
-            dfx = ok[(_method(ok) == "dynamic_fixed") & (ok["quant.prop_bits"] == key[0])]
-            dfx = dfx[dfx["quant.update_bits"] == key[1]]
-            comps.append(
-                Comparison(f"p{key[0]}u{key[1]}", "fixed", "dynamic_fixed", matched(fx, dfx, "test_error"))
-            )
-        pooled = Comparison(
-            "equal bit widths",
-            "fixed",
-            "dynamic_fixed",
-            pd.concat([c.pairs for c in comps], ignore_index=True),
+        ok, m = sel.used, _method(sel.used)
+        bits = ("quant.prop_bits", "quant.update_bits")
+        pairs = matched(ok[m == "fixed"], ok[m == "dynamic_fixed"], "test_error", extra_keys=bits)
+        claim = ordered_claim(
+            [Comparison("equal bit widths", "fixed", "dynamic_fixed", pairs)], "lower", opt, sel
         )
-        claim = ordered_claim([pooled], "lower", opt, sel)
         claim["test"] = (
-            "one-sided paired sign test, DFXP below FXP, pairs at equal propagation/update bits and seed"
+            "two-sided paired sign test (DFXP below FXP claimed), pairs at equal propagation and update "
+            "bits and seed"
         )
         out.append({**_header("dynamic_fixed_beats_fixed", "Courbariaux et al. 2014", "test_error"), **claim})
     return out
