@@ -5,7 +5,8 @@ same σ′ search (same seed, hence the same standard-normal draws) runs three w
 interleaved rounds:
 
 - batched: all draws of a bisection step in one ``torch.func.vmap`` pass over stacked weights (qgen);
-- one-at-a-time: one functional forward per draw over the whole training set;
+- one-at-a-time: one functional forward per draw and batch (batches of ``--batch-size``, 1024 as
+  ``measures.batch_size``: the 1347 digits training images are two batches);
 - reference-style: one draw at a time the way the reference code of Jiang et al. / Dziugaite et
   al. does it (deep-copy the model, add the noise in place, evaluate in DataLoader mini-batches of 128).
 
@@ -29,6 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from qgen import runtime
 from qgen.data import load_prepared, prepare
+from qgen.data.batches import Examples
+from qgen.data.run_data import RunData, open_run_data
 from qgen.experiments import normalize_spec
 from qgen.measures import sharpness
 from qgen.measures.deployed import DeployedModel, deploy
@@ -38,7 +41,7 @@ from qgen.train import train_run
 WIDTHS = (32, 256)
 
 
-def trained_view(width: int, data) -> DeployedModel:
+def trained_view(width: int, data: RunData) -> DeployedModel:
     from qgen.config import run_spec_schema, validate
 
     spec = {
@@ -57,12 +60,20 @@ def trained_view(width: int, data) -> DeployedModel:
 
 
 def reference_style_search(
-    view, x, y, *, draws: int, seed: int, depth: int = 15, target: float = 0.1, tolerance: float = 0.01
+    view,
+    examples: Examples,
+    *,
+    draws: int,
+    seed: int,
+    depth: int = 15,
+    target: float = 0.1,
+    tolerance: float = 0.01,
 ) -> float:
     """One draw at a time, structured like the reference implementation (same draws as qgen's, on
     the same parameters: all of them, as the reference perturbs model.parameters())."""
     weights = view.perturbable("all")
-    base, _ = accuracy_and_ce(view, x, y, device=None)
+    base, _ = accuracy_and_ce(view, examples)
+    x, y = (torch.cat(t) for t in zip(*examples, strict=True))
     gen = torch.Generator().manual_seed(seed)
     z = {n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype) for n, w in weights.items()}
     loader = DataLoader(TensorDataset(x, y), batch_size=128)
@@ -95,14 +106,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1024, help="measures.batch_size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         prepare("digits", {"test_fraction": 0.25, "split_seed": 0}, tmp)
-        data = load_prepared(tmp)
-    x, y = data.train["x"], data.train["y"]
+        data = open_run_data(load_prepared(tmp), {})
+    train = Examples(data.train, None, args.batch_size)
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s), {len(y)} training examples, "
+        f"torch {torch.__version__}, {args.threads} thread(s), {len(train)} training examples, "
         f"{args.draws} draws per step, {args.rounds} interleaved rounds"
     )
     print(
@@ -112,11 +124,11 @@ def main() -> None:
     for width in WIDTHS:
         view = trained_view(width, data)
         runs = {
-            "batched": lambda v=view: sharpness.pacbayes_sigma(v, x, y, draws=args.draws, seed=0).value,
+            "batched": lambda v=view: sharpness.pacbayes_sigma(v, train, draws=args.draws, seed=0).value,
             "one": lambda v=view: (
-                sharpness.pacbayes_sigma(v, x, y, draws=args.draws, seed=0, batched=False).value
+                sharpness.pacbayes_sigma(v, train, draws=args.draws, seed=0, batched=False).value
             ),
-            "reference": lambda v=view: reference_style_search(v, x, y, draws=args.draws, seed=0),
+            "reference": lambda v=view: reference_style_search(v, train, draws=args.draws, seed=0),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         sigmas: dict[str, float] = {}

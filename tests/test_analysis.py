@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qgen.analysis import bound, regularization
+from qgen.data.batches import Examples
 from qgen.measures.deployed import deploy
 from qgen.measures.noise_model import noise_model_measures
 from qgen.models import build_model
@@ -28,7 +29,7 @@ def _noise_model(scale: float) -> dict[str, float]:
     view = deploy(model)
     view.steps = {n: s * scale for n, s in view.steps.items()}
     trace = {n: 1.0 for n in view.steps}
-    return noise_model_measures(view, x, y, view.weights(), trace, draws=40, seed=0)
+    return noise_model_measures(view, Examples.from_tensors(x, y), view.weights(), trace, draws=40, seed=0)
 
 
 def test_bound_grows_as_delta_grows() -> None:

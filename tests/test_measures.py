@@ -16,6 +16,7 @@ from scipy.stats import norm
 from torch import nn
 
 from qgen import runtime
+from qgen.data.batches import Examples, examples
 from qgen.measures import hessian, noise, norms, sharpness
 from qgen.measures.deployed import deploy
 from qgen.models import build_model
@@ -38,15 +39,14 @@ class TwoLogits(nn.Module):
         return self.layer(x)
 
 
-def two_logit_data(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ones(n, 1), torch.zeros(n, dtype=torch.long)
+def two_logit_data(n: int = 32) -> Examples:
+    return Examples.from_tensors(torch.ones(n, 1), torch.zeros(n, dtype=torch.long))
 
 
 def test_pacbayes_sigma_matches_closed_form() -> None:
     """Accuracy under u ~ N(0, σ²I) is Φ(w/(√2σ)); a 0.1 drop gives σ′ = w/(√2·Φ⁻¹(0.9))."""
     view = deploy(TwoLogits(1.0))
-    x, y = two_logit_data()
-    found = sharpness.pacbayes_sigma(view, x, y, draws=4000, depth=25, tolerance=0.003, seed=0)
+    found = sharpness.pacbayes_sigma(view, two_logit_data(), draws=4000, depth=25, tolerance=0.003, seed=0)
     assert found.converged
     assert found.value == pytest.approx(1 / (math.sqrt(2) * Z90), rel=0.03)
 
@@ -56,19 +56,18 @@ def test_magnitude_aware_noise_uses_standard_deviation_not_variance() -> None:
     (the reference code's torch.normal slip) would give a different σ′."""
     eps = 0.05
     view = deploy(TwoLogits(1.0))
-    x, y = two_logit_data()
     found = sharpness.pacbayes_sigma(
-        view, x, y, magnitude_eps=eps, draws=4000, depth=25, tolerance=0.003, seed=1
+        view, two_logit_data(), magnitude_eps=eps, draws=4000, depth=25, tolerance=0.003, seed=1
     )
     expected = math.sqrt((1 / Z90) ** 2 - 2 * eps**2)
     assert found.value == pytest.approx(expected, rel=0.03)
 
 
-def test_batched_and_one_at_a_time_searches_agree(digits, trained) -> None:
+def test_batched_and_one_at_a_time_searches_agree(digits_run, trained) -> None:
     view = deploy(trained)
-    x, y = digits.train["x"][:400], digits.train["y"][:400]
-    a = sharpness.pacbayes_sigma(view, x, y, draws=6, seed=3, batched=True)
-    b = sharpness.pacbayes_sigma(view, x, y, draws=6, seed=3, batched=False)
+    subset = examples(digits_run.train, 400, 0, batch_size=150)
+    a = sharpness.pacbayes_sigma(view, subset, draws=6, seed=3, batched=True)
+    b = sharpness.pacbayes_sigma(view, subset, draws=6, seed=3, batched=False)
     assert [s["accuracy"] for s in a.steps] == pytest.approx([s["accuracy"] for s in b.steps], abs=1e-9)
     assert a.value == b.value
 
@@ -76,29 +75,28 @@ def test_batched_and_one_at_a_time_searches_agree(digits, trained) -> None:
 def test_worst_case_alpha_matches_closed_form() -> None:
     """The worst box corner u = (−α, +α) flips every prediction once 2α > w: α′ = w/2."""
     view = deploy(TwoLogits(0.8))
-    x, y = two_logit_data()
-    found = sharpness.worst_case_alpha(view, x, y, depth=30, tolerance=0.01, seed=0)
+    found = sharpness.worst_case_alpha(view, two_logit_data(), depth=30, tolerance=0.01, seed=0)
     assert found.value == pytest.approx(0.4, rel=1e-3)
 
 
 @pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory):
+def trained(digits_run, tmp_path_factory):
     from tests.conftest import make_spec
 
     spec = make_spec(model={"width": 16}, quant={"weight_bits": 4, "act_bits": 4}, train={"max_epochs": 3})
     run_cfg = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 10}
     model, _, _ = train_run(
-        spec, digits, tmp_path_factory.mktemp("m"), run_cfg, runtime.configure(run_cfg), progress=False
+        spec, digits_run, tmp_path_factory.mktemp("m"), run_cfg, runtime.configure(run_cfg), progress=False
     )
     return model
 
 
 @pytest.mark.parametrize("alpha", [0.005, 0.02, 0.05])
-def test_worst_case_is_never_below_average_case(digits, trained, alpha) -> None:
+def test_worst_case_is_never_below_average_case(digits_run, trained, alpha) -> None:
     view = deploy(trained)
-    x, y = digits.train["x"][:300], digits.train["y"][:300]
-    worst = sharpness.worst_case_increase(view, x, y, alpha, steps=5, seed=0)
-    average = sharpness.average_case_increase(view, x, y, alpha, draws=20, seed=0)
+    subset = examples(digits_run.train, 300, 0, batch_size=128)
+    worst = sharpness.worst_case_increase(view, subset, alpha, steps=5, seed=0)
+    average = sharpness.average_case_increase(view, subset, alpha, draws=20, seed=0)
     assert worst >= average
 
 
@@ -143,6 +141,34 @@ def test_hvp_matches_the_exact_hessian() -> None:
     v = {n: torch.randn_like(w) for n, w in weights.items()}
     hv = torch.cat([t.reshape(-1) for t in hvp(v).values()])
     assert torch.allclose(hv, exact @ torch.cat([t.reshape(-1) for t in v.values()]), atol=1e-8)
+
+
+def test_hvp_over_batches_is_the_hessian_of_the_mean_loss_over_all_of_them() -> None:
+    """64 examples in batches of 20 (the last one of 4: the products are example-weighted): Hv of the
+    mean cross-entropy, summed batch by batch with each batch's graph rebuilt, is the exact Hv; so is
+    the one-batch product, whose graph is kept."""
+    view, x, y, weights, exact = _tiny_problem()
+    v = {n: torch.randn_like(w) for n, w in weights.items()}
+    flat_v = torch.cat([t.reshape(-1) for t in v.values()])
+    for batch_size in (20, 64):
+        hvp = hessian.cross_entropy_hvp(view, Examples.from_tensors(x, y, batch_size))
+        hv = torch.cat([t.reshape(-1) for t in hvp(v).values()])
+        assert torch.allclose(hv, exact @ flat_v, atol=1e-10), batch_size
+
+
+def test_ascent_gradient_over_batches_is_the_gradient_of_the_mean_loss() -> None:
+    """The worst-case ascent's direction: ∇_u of the mean cross-entropy over all examples, accumulated
+    over batches of 20, equals autograd's on one batch of 64; the error counts every batch."""
+    view, x, y, weights, _ = _tiny_problem()
+    u = {n: 0.01 * torch.randn_like(w) for n, w in weights.items()}
+    error, grads = sharpness.error_and_gradient(view, Examples.from_tensors(x, y, 20), weights, u)
+    leaves = {n: t.clone().requires_grad_(True) for n, t in u.items()}
+    logits = view(x, {n: weights[n] + leaves[n] for n in weights})
+    expected = torch.autograd.grad(F.cross_entropy(logits, y), list(leaves.values()))
+    assert grads is not None
+    for (name, got), want in zip(grads.items(), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-12), name
+    assert error == float((logits.argmax(-1) != y).double().mean())
 
 
 def test_power_iteration_matches_eigvalsh() -> None:
@@ -233,7 +259,8 @@ def test_propagation_is_zero_for_float_and_grows_as_bits_drop() -> None:
             {"model": {"name": "mlp", "depth": 2, "width": 32}, "quant": quant}, (1, 8, 8), 10
         )
         init_quantizers(model, x)
-        results[bits] = [p["relative_perturbation"] for p in noise.propagation(model, x)]
+        batches = Examples.from_tensors(x, torch.zeros(len(x), dtype=torch.long))
+        results[bits] = [p["relative_perturbation"] for p in noise.propagation(model, batches)]
     assert results[None] == [0.0, 0.0, 0.0]
     assert all(a < b for a, b in zip(results[8], results[2], strict=True))
 
@@ -244,7 +271,7 @@ def test_norm_measures_on_a_known_linear_model() -> None:
         model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 3.0]]))
     view = deploy(model)
     x, y = torch.eye(4)[:3].reshape(3, 1, 2, 2), torch.tensor([0, 1, 2])
-    out = norms.norm_measures(view, view.weights(), x, y, (1, 2, 2), m=3)
+    out = norms.norm_measures(view, view.weights(), Examples.from_tensors(x, y), (1, 2, 2), m=3)
     m = 3
     assert out["norm.params"] == 12
     assert out["norm.fro_dist"] == 0 and out["norm.l2_dist"] == 0

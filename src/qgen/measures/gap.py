@@ -3,23 +3,26 @@
 QGen's exact gap definition is not verified (papers.md §1d), so both are reported:
   gap_acc  = train accuracy − test accuracy
   gap_loss = test cross-entropy − train cross-entropy
+The training set is the run's training split (validation examples held out of it excluded); the test
+set is the prepared test split (the official one where the dataset has it). A run with a validation
+split also gets ``val_acc``/``val_ce``/``val_error``.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from qgen.data import PreparedData
+from qgen.data.batches import DEFAULT_BATCH, Examples
+from qgen.data.run_data import RunData
 from qgen.metrics import accuracy_and_ce
 
 
 def generalization_metrics(
-    model: nn.Module, data: PreparedData, device: torch.device | str = "cpu"
+    model: nn.Module, data: RunData, batch_size: int = DEFAULT_BATCH
 ) -> dict[str, float]:
-    train_acc, train_ce = accuracy_and_ce(model, data.train["x"], data.train["y"], device=device)
-    test_acc, test_ce = accuracy_and_ce(model, data.test["x"], data.test["y"], device=device)
-    return {
+    train_acc, train_ce = accuracy_and_ce(model, Examples(data.train, None, batch_size))
+    test_acc, test_ce = accuracy_and_ce(model, Examples(data.test, None, batch_size))
+    out = {
         "train_acc": train_acc,
         "test_acc": test_acc,
         "train_ce": train_ce,
@@ -29,3 +32,7 @@ def generalization_metrics(
         "gap_acc": train_acc - test_acc,
         "gap_loss": test_ce - train_ce,
     }
+    if data.val is not None:
+        val_acc, val_ce = accuracy_and_ce(model, Examples(data.val, None, batch_size))
+        out.update(val_acc=val_acc, val_ce=val_ce, val_error=1 - val_acc)
+    return out

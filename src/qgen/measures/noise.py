@@ -18,10 +18,21 @@ Var(θ) = Δ²/12. For every quantized layer this module measures how well that 
 
 Propagation (QReg): ``relative_perturbation`` of each quantized layer's output between the float
 forward (all quantizers off, latent weights) and the quantized forward, ‖y_q − y_fp‖/‖y_fp‖, by depth.
+
+Data: both read ``noise.examples`` training examples as :class:`~qgen.data.batches.Examples`, in
+mini-batches. The activation statistics are taken over the values of all batches together: each
+batch's quantizer inputs and outputs are moved to the CPU as they are captured, so device memory is
+bounded by the batch (CPU memory holds noise.examples × the network's activations; the KS statistic
+needs them all). The eval-mode activation step does not depend on the batch (learned, frozen running
+range or fixed), so it is read on the first batch. The propagation sums ‖y_q − y_fp‖² and ‖y_fp‖²
+over the batches (float64) and takes the ratio: the whole-batch value. The weight noise is drawn on a
+CPU copy of the quantizer with a CPU generator (seeded by depth), so CPU and CUDA draw the same
+stochastic binarization.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -29,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qgen.data.batches import Examples
 from qgen.measures.deployed import quantizers_disabled
 from qgen.quant import Quantizer, quant_layers
 
@@ -96,70 +108,100 @@ def noise_statistics(
     return out
 
 
+def _to_cpu(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
 @torch.no_grad()
-def layer_noise(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """Weight and activation noise of every quantized layer on the batch ``x`` (model in eval mode)."""
+def weight_noise(quantizer: Quantizer, weight: torch.Tensor, seed: int) -> dict[str, float]:
+    """Statistics of the training-time weight noise θ = Q_train(w) − w, computed on the CPU (a copy of
+    the quantizer, a CPU generator seeded by ``seed``), so the draws are the same on every device."""
+    q_cpu = copy.deepcopy(quantizer).cpu()
+    w = weight.detach().cpu()
+    q = q_cpu.train_quantize(w, generator=torch.Generator().manual_seed(seed))
+    return {"bits": q_cpu.bits, **noise_statistics(w, q, q_cpu.step_for(w), *q_cpu.level_bounds(w))}
+
+
+@torch.no_grad()
+def layer_noise(model: nn.Module, examples: Examples) -> list[dict[str, Any]]:
+    """Weight and activation noise of every quantized layer on ``examples`` (model in eval mode)."""
     model.eval()
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, layer in quant_layers(model):
-        if isinstance(layer.input_quant, Quantizer):
-            hooks.append(
-                layer.input_quant.register_forward_pre_hook(
-                    lambda _m, args, name=name: inputs.__setitem__(name, args[0].detach())
-                )
-            )
+    captured: dict[str, dict[str, Any]] = {}
+
+    def capture(name: str, quantizer: Quantizer):
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            a = args[0].detach()
+            entry = captured.setdefault(name, {"v": [], "q": []})
+            if "step" not in entry:  # eval-mode activation steps do not depend on the batch
+                entry["step"] = quantizer.step_for(a).detach().cpu()
+                entry["bounds"] = tuple(_to_cpu(b) for b in quantizer.level_bounds(a))
+            entry["v"].append(a.cpu())
+            entry["q"].append(out.detach().cpu())
+
+        return hook
+
+    hooks = [
+        layer.input_quant.register_forward_hook(capture(name, layer.input_quant))
+        for name, layer in quant_layers(model)
+        if isinstance(layer.input_quant, Quantizer)
+    ]
     try:
-        model(x)
+        for xb, _ in examples:
+            model(xb)
     finally:
         for h in hooks:
             h.remove()
     rows = []
     for depth, (name, layer) in enumerate(quant_layers(model)):
         row: dict[str, Any] = {"layer": name, "depth": depth}
-        wq = layer.weight_quant
-        if isinstance(wq, Quantizer):
-            w = layer.weight.detach()
-            q = wq.train_quantize(w, generator=torch.Generator(device=w.device).manual_seed(depth))
-            row["weight"] = {"bits": wq.bits, **noise_statistics(w, q, wq.step_for(w), *wq.level_bounds(w))}
+        if isinstance(layer.weight_quant, Quantizer):
+            row["weight"] = weight_noise(layer.weight_quant, layer.weight, depth)
         aq = layer.input_quant
-        if isinstance(aq, Quantizer) and name in inputs:
-            a = inputs[name]
-            stats_a = noise_statistics(a, aq(a), aq.step_for(a), *aq.level_bounds(a))
+        if isinstance(aq, Quantizer) and name in captured:
+            entry = captured.pop(name)
+            a, qa = torch.cat(entry["v"]), torch.cat(entry["q"])
+            stats_a = noise_statistics(a, qa, entry["step"], *entry["bounds"])
             row["act"] = {"bits": aq.bits, "zero_fraction": float((a == 0).double().mean()), **stats_a}
         rows.append(row)
     return rows
 
 
 @torch.no_grad()
-def propagation(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """Relative output perturbation ‖y_q − y_fp‖ / ‖y_fp‖ of each quantized layer, by depth (QReg)."""
+def propagation(model: nn.Module, examples: Examples) -> list[dict[str, Any]]:
+    """Relative output perturbation ‖y_q − y_fp‖ / ‖y_fp‖ of each quantized layer on ``examples``, by
+    depth (QReg); the squared norms are summed over the batches."""
     model.eval()
     layers = list(quant_layers(model))
 
-    def outputs() -> list[torch.Tensor]:
+    def outputs(xb: torch.Tensor) -> list[torch.Tensor]:
         captured: list[torch.Tensor] = []
         hooks = [
             layer.register_forward_hook(lambda _m, _a, out: captured.append(out.detach()))
             for _, layer in layers
         ]
         try:
-            model(x)
+            model(xb)
         finally:
             for h in hooks:
                 h.remove()
         return captured
 
-    quantized = outputs()
-    with quantizers_disabled(model):
-        full_precision = outputs()
+    diff_sq = [0.0] * len(layers)
+    ref_sq = [0.0] * len(layers)
+    for xb, _ in examples:
+        quantized = outputs(xb)
+        with quantizers_disabled(model):
+            full_precision = outputs(xb)
+        for i, (q, f) in enumerate(zip(quantized, full_precision, strict=True)):
+            diff_sq[i] += float(((q.double() - f.double()) ** 2).sum())
+            ref_sq[i] += float((f.double() ** 2).sum())
     return [
         {
             "layer": name,
             "depth": depth,
-            "relative_perturbation": float((q - f).norm() / f.norm().clamp_min(1e-12)),
+            "relative_perturbation": math.sqrt(diff_sq[depth]) / max(math.sqrt(ref_sq[depth]), 1e-12),
         }
-        for depth, ((name, _), q, f) in enumerate(zip(layers, quantized, full_precision, strict=True))
+        for depth, (name, _) in enumerate(layers)
     ]
 
 

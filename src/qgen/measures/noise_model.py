@@ -8,6 +8,10 @@ error increase under the same noise (the sharpness term of the reconstructed bou
 Σ_i w_i²/(2σ_i²), σ_i² = Δ_i²/12, of that bound, with the zero prior (``orig``) and the prior at
 initialization (``init``).
 
+The losses and errors are accumulated over the subset's mini-batches
+(:func:`qgen.metrics.accuracy_and_ce` over :class:`~qgen.data.batches.Examples`); the uniform draws
+come from a CPU generator and are moved to the weights' device, the same on CPU and CUDA.
+
 Only quantized layers carry noise; layers kept in float (first/last-layer policy ``float``) are left
 out of every sum (reconstruction: a float layer has no quantization noise to condition on).
 Per-channel steps enter the prediction through their mean square per layer.
@@ -19,6 +23,7 @@ from functools import partial
 
 import torch
 
+from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights
 from qgen.measures.stats import mean_and_stderr
 from qgen.metrics import accuracy_and_ce
@@ -27,22 +32,22 @@ from qgen.metrics import accuracy_and_ce
 @torch.no_grad()
 def noise_model_measures(
     model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     init: Weights,
     per_layer_trace: dict[str, float],
     *,
     draws: int = 10,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Measured vs predicted loss increase under quantization-like noise, and the bound's KL terms."""
+    """Measured (on ``examples``) vs predicted loss increase under quantization-like noise, and the
+    bound's KL terms."""
     steps = model.steps
     if not steps:
         return {}
     weights = model.weights()
 
     def loss_and_error(at: Weights) -> tuple[float, float]:
-        accuracy, loss = accuracy_and_ce(partial(model, weights=at), x, y, device=None)
+        accuracy, loss = accuracy_and_ce(partial(model, weights=at), examples)
         return loss, 1 - accuracy
 
     base_loss, base_err = loss_and_error(weights)

@@ -4,7 +4,8 @@ Computed on the measured weights (by default the effective, BN-folded weights; c
 reshaped to (out, in·kh·kw) matrices, whose spectral norm is the approximation the reference code
 uses). ``init`` is the same transform applied to the weights at initialization. d is the number of
 layers, m the training-set size (also when the margin is taken on a subset of it), γ the
-10th-percentile margin on the examples given. Values are size-normalized as in the reference code
+10th-percentile margin on the examples given (per-example margins collected batch by batch, then the
+k-th smallest, k = n // 10, over all of them). Values are size-normalized as in the reference code
 (√(v/m), or ½(v − log m) for log-measures).
 
 | key | Eq. | definition |
@@ -39,6 +40,7 @@ import math
 
 import torch
 
+from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights, quantizers_disabled
 from qgen.measures.sharpness import adjust
 
@@ -49,13 +51,19 @@ def _log(value: float) -> float:
 
 
 @torch.no_grad()
-def margin(model: DeployedModel, x: torch.Tensor, y: torch.Tensor) -> float:
-    """10th-percentile (k = m // 10) of the output margins on (x, y), as in the reference code."""
-    logits = model(x).double()
-    correct = logits[torch.arange(len(y)), y].clone()
-    logits[torch.arange(len(y)), y] = float("-inf")
-    margins = correct - logits.max(dim=1).values
-    return float(margins.kthvalue(max(len(y) // 10, 1)).values.abs())
+def margin(model: DeployedModel, examples: Examples) -> float:
+    """10th-percentile (k = n // 10) of the output margins on ``examples``, as in the reference code."""
+    margins = []
+    for xb, yb in examples:
+        logits = model(xb).double()
+        rows = torch.arange(len(yb), device=logits.device)
+        correct = logits[rows, yb].clone()
+        logits[rows, yb] = float("-inf")
+        margins.append(correct - logits.max(dim=1).values)
+    if not margins:
+        raise ValueError("margin: no examples")
+    every = torch.cat(margins).cpu()  # n values: the k-th one picked the same way on every device
+    return float(every.kthvalue(max(len(every) // 10, 1)).values.abs())
 
 
 @torch.no_grad()
@@ -75,13 +83,12 @@ def path_norm(model: DeployedModel, input_shape: tuple[int, ...]) -> float:
 def norm_measures(
     model: DeployedModel,
     init: Weights,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     input_shape: tuple[int, ...],
     *,
     m: int,
 ) -> dict[str, float]:
-    """Eq. 20-44 of the measured weights; the margin on (x, y), size normalization by ``m``, the
+    """Eq. 20-44 of the measured weights; the margin on ``examples``, size normalization by ``m``, the
     training-set size."""
     weights = model.weights()
     d = len(weights)
@@ -91,7 +98,7 @@ def norm_measures(
     spec = torch.stack([torch.linalg.matrix_norm(t, ord=2) ** 2 for t in mats])
     dist_fro = torch.stack([t.norm() ** 2 for t in dists])
     dist_spec = torch.stack([torch.linalg.matrix_norm(t, ord=2) ** 2 for t in dists])
-    gamma = margin(model, x, y)
+    gamma = margin(model, examples)
     log_gamma2 = 2 * math.log(max(gamma, 1e-12))
     log_prod_spec = float(spec.log().sum())
     log_prod_fro = float(fro.log().sum())

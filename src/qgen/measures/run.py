@@ -5,6 +5,15 @@ they change what is measured, never what is trained, so a new setting re-measure
 Every random choice (data subsets, Monte-Carlo draws, probes, PGA starts) is seeded by
 ``measures.seed``, so measuring the same run twice gives an identical file on CPU.
 
+Data: the run's splits (:class:`~qgen.data.run_data.RunData`, on the measuring device). Every measure
+reads a seeded subset of the training split as :class:`~qgen.data.batches.Examples` in mini-batches
+of ``measures.batch_size``, so no forward or backward pass sees more rows than that:
+``noise.examples`` (noise statistics and propagation), ``examples`` (σ′ searches and the norms'
+margin), ``worst_case.examples`` (α′ searches) and ``hessian.examples`` (Hessian and noise model); null
+is the whole training split. measures.json's ``cost`` records, per measure, how many examples it read,
+the largest batch a forward saw and the peak CUDA memory (null on CPU); the wall times go to
+provenance (``timings``).
+
 Size-normalized measures use m = the training-set size (``measure.m``, and ``m`` in the body), not the
 size of the subset they evaluate on (``measure.examples``), so ``measures.examples`` does not rescale
 them. Each σ′/α′ search is flagged in the measures (and so in runs.csv) as ``search.<name>.converged``
@@ -14,23 +23,16 @@ worst_case_mag.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
-from qgen.data import PreparedData
+from qgen.data.batches import Examples, examples
+from qgen.data.run_data import RunData
 from qgen.measures import hessian, noise, noise_model, norms, sharpness
+from qgen.measures.cost import CostMeter
 from qgen.measures.deployed import deploy
 from qgen.models import build_model, model_from_payload
-
-
-def _subset(data: dict[str, torch.Tensor], n: int | None, seed: int, device: torch.device):
-    x, y = data["x"], data["y"]
-    if n is not None and n < len(y):
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
-        x, y = x[idx], y[idx]
-    return x.to(device), y.to(device)
 
 
 def _search_record(search: sharpness.Search) -> dict[str, Any]:
@@ -38,51 +40,57 @@ def _search_record(search: sharpness.Search) -> dict[str, Any]:
 
 
 def measure_run(
-    payload: dict[str, Any], data: PreparedData, settings: dict[str, Any], device: torch.device
+    payload: dict[str, Any], data: RunData, settings: dict[str, Any], device: torch.device
 ) -> dict[str, Any]:
-    """Measures of the model in a ``model.pt`` payload; returns the body of measures.json."""
-    seed = settings["seed"]
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    """Measures of the model in a ``model.pt`` payload on ``data`` (its splits on ``device``); returns
+    the body of measures.json."""
+    if not isinstance(data, RunData):
+        raise TypeError(
+            f"measure_run takes the run's splits (qgen.data.run_data.RunData), got {type(data).__name__}"
+        )
+    split_device = getattr(data.train, "device", None)
+    if split_device is not None and torch.device(split_device).type != device.type:
+        raise ValueError(f"the run's data is on {split_device} but the measures run on {device}")
+    seed, batch_size = settings["seed"], settings["batch_size"]
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
+    def subset(size: int | None, subset_seed: int) -> Examples:
+        return examples(data.train, size, subset_seed, batch_size)
 
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     init_model = build_model(payload["spec"], data.input_shape, data.num_classes).to(device)
     init_model.load_state_dict(payload["init_state"])
     init_model.eval()
-
-    xb, _ = _subset(data.train, settings["noise"]["examples"], seed, device)
-    layers = noise.layer_noise(model, xb)
-    prop = noise.propagation(model, xb)
-    out: dict[str, float | bool | str] = dict(noise.summarize(layers, prop))
-    lap("noise")
-
     view = deploy(model, settings["perturb"])
     init_weights = deploy(init_model, settings["perturb"]).weights()
-    x, y = _subset(data.train, settings["examples"], seed, device)
-    m = len(data.train["y"])  # Jiang's m: the training-set size, whatever subset a measure evaluates
-    out["measure.examples"] = float(len(y))
+    meter = CostMeter([model, view.module], device)  # hooks on local modules: nothing to undo on error
+
+    noise_examples = subset(settings["noise"]["examples"], seed)
+    layers = noise.layer_noise(model, noise_examples)
+    prop = noise.propagation(model, noise_examples)
+    out: dict[str, float | bool | str] = dict(noise.summarize(layers, prop))
+    meter.lap("noise", noise_examples)
+
+    train_examples = subset(settings["examples"], seed)
+    m = data.m  # Jiang's m: the training-set size, whatever subset a measure evaluates
+    out["measure.examples"] = float(len(train_examples))
     out["measure.m"] = float(m)
     pb, wc = settings["pacbayes"], settings["worst_case"]
     pb_args = {k: pb[k] for k in ("lower", "upper", "depth", "draws", "target", "tolerance")}
     pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
     pb_args["parameters"] = settings["parameters"]
-    sigma = sharpness.pacbayes_sigma(view, x, y, seed=seed, **pb_args)
-    mag_sigma = sharpness.pacbayes_sigma(view, x, y, magnitude_eps=pb["magnitude_eps"], seed=seed, **pb_args)
-    lap("pacbayes")
+    sigma = sharpness.pacbayes_sigma(view, train_examples, seed=seed, **pb_args)
+    mag_sigma = sharpness.pacbayes_sigma(
+        view, train_examples, magnitude_eps=pb["magnitude_eps"], seed=seed, **pb_args
+    )
+    meter.lap("pacbayes", train_examples)
     wc_args = {k: wc[k] for k in ("lower", "upper", "depth", "steps", "target", "tolerance")}
     wc_args["parameters"] = settings["parameters"]
-    xw, yw = _subset(data.train, wc["examples"], seed + 1, device)
-    alpha = sharpness.worst_case_alpha(view, xw, yw, seed=seed, **wc_args)
+    wc_examples = subset(wc["examples"], seed + 1)
+    alpha = sharpness.worst_case_alpha(view, wc_examples, seed=seed, **wc_args)
     mag_alpha = sharpness.worst_case_alpha(
-        view, xw, yw, magnitude_eps=wc["magnitude_eps"], seed=seed, **wc_args
+        view, wc_examples, magnitude_eps=wc["magnitude_eps"], seed=seed, **wc_args
     )
-    lap("worst_case")
+    meter.lap("worst_case", wc_examples)
     weights = view.weights()
     out.update(
         sharpness.pacbayes_measures(
@@ -109,8 +117,8 @@ def measure_run(
         out[f"search.{name}.bound"] = search.bound
 
     hs = settings["hessian"]
-    xh, yh = _subset(data.train, hs["examples"], seed + 2, device)
-    hvp = hessian.cross_entropy_hvp(view, xh, yh)
+    hessian_examples = subset(hs["examples"], seed + 2)
+    hvp = hessian.cross_entropy_hvp(view, hessian_examples)
     trace = hessian.hutchinson_trace(
         hvp,
         weights,
@@ -131,16 +139,17 @@ def measure_run(
             "hessian.power_iterations": float(eig.iterations),
         }
     )
-    lap("hessian")
+    meter.lap("hessian", hessian_examples)
     nm = settings["noise_model"]
     out.update(
         noise_model.noise_model_measures(
-            view, xh, yh, init_weights, trace.per_layer, draws=nm["draws"], seed=seed
+            view, hessian_examples, init_weights, trace.per_layer, draws=nm["draws"], seed=seed
         )
     )
-    lap("noise_model")
-    out.update(norms.norm_measures(view, init_weights, x, y, data.input_shape, m=m))
-    lap("norms")
+    meter.lap("noise_model", hessian_examples)
+    out.update(norms.norm_measures(view, init_weights, train_examples, data.input_shape, m=m))
+    meter.lap("norms", train_examples)
+    meter.close()
     return {
         "measures": out,
         "layers": layers,
@@ -156,5 +165,6 @@ def measure_run(
         "equations": norms.EQUATIONS,
         "settings": settings,
         "m": m,
-        "timings": timings,
+        "cost": meter.records,
+        "timings": meter.timings,
     }

@@ -19,17 +19,25 @@ deviation σ (and √(σ²w_i² + ε²)), matching the bounds; the tests pin thi
 
 Draws use common random numbers: one set of standard-normal draws z is fixed per search (seeded)
 and scaled by each candidate σ, so the estimated deviation is monotone in σ and the search is
-deterministic. With ``batched=True`` all draws of a bisection step are evaluated in one pass
-(``torch.func.vmap`` over stacked weights), which removes per-draw launch overhead on a GPU; with
-``batched=False`` one draw at a time, each draw still one forward over a large chunk of the training
-set (faster on CPU, see benchmarks/pacbayes_draws.py). Both evaluate the same draws.
+deterministic. With ``batched=True`` all draws of a bisection step are evaluated in one pass per
+batch (``torch.func.vmap`` over stacked weights: draws × batch rows of activations at once), which
+removes per-draw launch overhead on a GPU; with ``batched=False`` one draw at a time, each draw one
+forward per batch (faster on CPU, see benchmarks/pacbayes_draws.py). Both evaluate the same draws.
+The draws are taken from a CPU generator and moved to the weights' device, so CPU and CUDA searches
+perturb by the same numbers; the correct predictions are counted on the device.
 
 Worst-case sharpness α′ (reconstruction, papers.md §7 [M]): the largest α such that
 max_{|u_i| ≤ α} err(w + u) − err(w) ≤ ``target``; the inner maximum is approximated by projected
 (sign-)gradient ascent on the cross-entropy from a random start in the box, keeping the worst
 error seen; α by bisection. Magnitude-aware: |u_i| ≤ α|w_i| + ε. Using the error (not the loss)
 increase, the sign-gradient steps (size 2.5α/steps), the geometric bisection and its range are
-our choices, all configurable.
+our choices, all configurable. Each ascent step's direction is the sign of the gradient of the mean
+cross-entropy over the whole subset, accumulated batch by batch (Σ_b ∇ Σ_{i∈b} CE_i / n), and the
+error is counted over all batches, so only one batch's graph is alive at a time.
+
+Data: every search reads its examples as :class:`~qgen.data.batches.Examples`, in mini-batches of
+``measures.batch_size``; accuracies and errors are integer counts over the subset, so they do not
+depend on the batch size (up to the rare argmax that float rounding of a different batch shape flips).
 
 Every size-normalized measure uses m = the training-set size (Jiang's m; the reference code's
 ``len(dataloader.dataset)`` on the training set), whatever subset a search evaluates on.
@@ -45,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import vmap
 
+from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights
 from qgen.metrics import accuracy_and_ce
 
@@ -113,36 +122,35 @@ def _bound_hit(search: Search, ends: tuple[float, float], depth: int, geometric:
 
 @torch.no_grad()
 def perturbed_accuracies(
-    model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weights: Weights,
-    noise: Weights,
-    batched: bool = True,
-    chunk: int = 1024,
+    model: DeployedModel, examples: Examples, weights: Weights, noise: Weights, batched: bool = True
 ) -> torch.Tensor:
-    """Accuracy of w + noise[d] for every draw d (noise tensors have a leading draw dimension)."""
+    """Accuracy on ``examples`` of w + noise[d] for every draw d (noise tensors have a leading draw
+    dimension): correct predictions counted on the device batch by batch, float64 on the CPU."""
+    if len(examples) == 0:
+        raise ValueError("perturbed_accuracies: no examples")
     draws = next(iter(noise.values())).shape[0]
-    correct = torch.zeros(draws, dtype=torch.float64)
     if batched:
         stacked = {n: weights[n].unsqueeze(0) + noise[n] for n in weights}
-        for i in range(0, len(y), chunk):
-            xb, yb = x[i : i + chunk], y[i : i + chunk]
+        correct: torch.Tensor | int = 0
+        for xb, yb in examples:
             logits = vmap(lambda p, xb=xb: model(xb, p))(stacked)
-            correct += (logits.argmax(-1) == yb).sum(-1).double()
+            correct = correct + (logits.argmax(-1) == yb).sum(-1)
     else:
+        counts = []
         for d in range(draws):
             perturbed = {n: weights[n] + noise[n][d] for n in weights}
-            for i in range(0, len(y), chunk):
-                logits = model(x[i : i + chunk], perturbed)
-                correct[d] += float((logits.argmax(-1) == y[i : i + chunk]).sum())
-    return correct / len(y)
+            hits: torch.Tensor | int = 0
+            for xb, yb in examples:
+                hits = hits + (model(xb, perturbed).argmax(-1) == yb).sum()
+            counts.append(hits)
+        correct = torch.stack([torch.as_tensor(c) for c in counts])
+    assert isinstance(correct, torch.Tensor)
+    return correct.cpu().double() / len(examples)
 
 
 def pacbayes_sigma(
     model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     *,
     magnitude_eps: float | None = None,
     parameters: str = "all",
@@ -154,12 +162,11 @@ def pacbayes_sigma(
     tolerance: float = 0.01,
     seed: int = 0,
     batched: bool = True,
-    chunk: int = 1024,
 ) -> Search:
-    """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``),
-    perturbing ``parameters`` ("all" or "weights", see the module docstring)."""
+    """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``) on
+    ``examples``, perturbing ``parameters`` ("all" or "weights", see the module docstring)."""
     weights = model.perturbable(parameters)
-    base, _ = accuracy_and_ce(model, x, y, chunk, device=None)
+    base, _ = accuracy_and_ce(model, examples)
     gen = torch.Generator().manual_seed(seed)
     z = {
         n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device)
@@ -171,24 +178,45 @@ def pacbayes_sigma(
             noise = {n: sigma * z[n] for n in weights}
         else:  # standard deviation √(σ² w² + ε²), not the variance
             noise = {n: torch.sqrt(sigma**2 * weights[n] ** 2 + magnitude_eps**2) * z[n] for n in weights}
-        acc = float(perturbed_accuracies(model, x, y, weights, noise, batched, chunk).mean())
+        acc = float(perturbed_accuracies(model, examples, weights, noise, batched).mean())
         return abs(acc - base), {"sigma": sigma, "accuracy": acc, "deviation": abs(acc - base)}
 
     return bisect(deviation, lower, upper, depth=depth, target=target, tolerance=tolerance)
 
 
-def _loss_and_error(
-    model: DeployedModel, x: torch.Tensor, y: torch.Tensor, weights: Weights
-) -> tuple[torch.Tensor, float]:
-    """The cross-entropy (differentiable, for the ascent) and the error of the network at ``weights``."""
-    logits = model(x, weights)
-    return F.cross_entropy(logits, y), float((logits.argmax(-1) != y).double().mean())
+def error_and_gradient(
+    model: DeployedModel, examples: Examples, weights: Weights, u: Weights | None = None
+) -> tuple[float, Weights | None]:
+    """The error over ``examples`` of the network at ``weights`` + ``u`` and, when ``u`` is given, the
+    gradient with respect to u of the mean cross-entropy over them, accumulated batch by batch
+    (each batch's Σ CE / n, so one batch's graph at a time)."""
+    n = len(examples)
+    if n == 0:
+        raise ValueError("error_and_gradient: no examples")
+    wrong: torch.Tensor | int = 0
+    grads: list[torch.Tensor] | None = None
+    for xb, yb in examples:
+        if u is None:
+            with torch.no_grad():
+                logits = model(xb, weights)
+        else:
+            leaves = {k: t.detach().requires_grad_(True) for k, t in u.items()}
+            with torch.enable_grad():
+                logits = model(xb, {k: weights[k] + leaves[k] for k in weights})
+                loss = F.cross_entropy(logits, yb, reduction="sum") / n
+                batch_grads = torch.autograd.grad(loss, list(leaves.values()))
+            if grads is None:
+                grads = list(batch_grads)
+            else:
+                grads = [a + b for a, b in zip(grads, batch_grads, strict=True)]
+        wrong = wrong + (logits.detach().argmax(-1) != yb).sum()
+    error = float(wrong) / n
+    return error, (dict(zip(u, grads, strict=True)) if u is not None and grads is not None else None)
 
 
 def worst_case_increase(
     model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     alpha: float,
     *,
     magnitude_eps: float | None = None,
@@ -196,10 +224,10 @@ def worst_case_increase(
     steps: int = 10,
     seed: int = 0,
 ) -> float:
-    """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w), by projected sign-gradient ascent
-    on ``parameters`` ("all" or "weights")."""
+    """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w) on ``examples``, by projected
+    sign-gradient ascent on ``parameters`` ("all" or "weights")."""
     weights = model.perturbable(parameters)
-    _, base_err = _loss_and_error(model, x, y, weights)
+    base_err, _ = error_and_gradient(model, examples, weights)
     bound = {
         n: (alpha * w.abs() + magnitude_eps) if magnitude_eps is not None else torch.full_like(w, alpha)
         for n, w in weights.items()
@@ -211,45 +239,43 @@ def worst_case_increase(
     }
     worst = 0.0
     for k in range(steps + 1):
-        u = {n: t.detach().requires_grad_(k < steps) for n, t in u.items()}
-        with torch.enable_grad():
-            loss, err = _loss_and_error(model, x, y, {n: weights[n] + u[n] for n in weights})
-        worst = max(worst, err - base_err)
         if k == steps:
+            err, _ = error_and_gradient(model, examples, {n: weights[n] + u[n] for n in weights})
+            worst = max(worst, err - base_err)
             break
-        grads = torch.autograd.grad(loss, list(u.values()))
+        err, grads = error_and_gradient(model, examples, weights, u)
+        worst = max(worst, err - base_err)
+        assert grads is not None
         u = {
             n: torch.maximum(torch.minimum(u[n] + 2.5 / steps * bound[n] * g.sign(), bound[n]), -bound[n])
-            for (n, g) in zip(u, grads, strict=True)
+            for n, g in grads.items()
         }
     return worst
 
 
 def average_case_increase(
     model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     alpha: float,
     *,
     parameters: str = "all",
     draws: int = 10,
     seed: int = 0,
 ) -> float:
-    """Mean over u uniform in the box |u_i| ≤ α (on ``parameters``) of err(w + u) − err(w)."""
+    """Mean over u uniform in the box |u_i| ≤ α (on ``parameters``) of err(w + u) − err(w) on ``examples``."""
     weights = model.perturbable(parameters)
-    base_err = 1 - accuracy_and_ce(model, x, y, device=None)[0]
+    base_err, _ = error_and_gradient(model, examples, weights)
     gen = torch.Generator().manual_seed(seed)
     noise = {
         n: (torch.rand((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * alpha
         for n, w in weights.items()
     }
-    return float((1 - perturbed_accuracies(model, x, y, weights, noise)).mean()) - base_err
+    return float((1 - perturbed_accuracies(model, examples, weights, noise)).mean()) - base_err
 
 
 def worst_case_alpha(
     model: DeployedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    examples: Examples,
     *,
     magnitude_eps: float | None = None,
     parameters: str = "all",
@@ -261,8 +287,8 @@ def worst_case_alpha(
     tolerance: float = 0.01,
     seed: int = 0,
 ) -> Search:
-    """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``),
-    perturbing ``parameters`` ("all" or "weights").
+    """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``) on
+    ``examples``, perturbing ``parameters`` ("all" or "weights").
 
     The bisection is geometric (midpoint √(lower·upper)): α′ ranges over orders of magnitude
     between models, and a linear bisection spends most of its steps far above it.
@@ -272,7 +298,7 @@ def worst_case_alpha(
 
     def increase(alpha: float) -> tuple[float, dict[str, float]]:
         value = worst_case_increase(
-            model, x, y, alpha, magnitude_eps=magnitude_eps, parameters=parameters, steps=steps, seed=seed
+            model, examples, alpha, magnitude_eps=magnitude_eps, parameters=parameters, steps=steps, seed=seed
         )
         return value, {"alpha": alpha, "increase": value}
 
