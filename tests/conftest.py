@@ -33,8 +33,17 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def digits(digits_dir: Path):
+def digits_prepared(digits_dir: Path):
+    """The prepared digits files as stored (uint8 pixels, meta.json)."""
     return load_prepared(digits_dir)
+
+
+@pytest.fixture(scope="session")
+def digits(digits_prepared):
+    """The digits splits as a run reads them (qgen.data.run_data: normalized batches on the CPU)."""
+    from qgen.data.run_data import open_run_data
+
+    return open_run_data(digits_prepared, {})
 
 
 def make_spec(**overrides: Any) -> dict[str, Any]:
@@ -69,3 +78,9 @@ def train_command(spec_json: str, meta: str, out: str, *, checkpoint_every: int)
         "--out-metrics", f"{out}/metrics.json", "--device", "cpu",
         "--checkpoint-every", str(checkpoint_every),
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def digits_run(digits):
+    """The same as ``digits``."""
+    return digits

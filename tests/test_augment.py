@@ -81,6 +81,7 @@ def test_call_uses_the_draws_of_draw() -> None:
     assert torch.equal(augment(x, gen(1)), augment.apply(x, augment.draw(len(x), gen(1))))
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_cuda_sees_the_same_augmentation_as_cpu() -> None:
     x, augment = images(64, 3, 32, 32), Augment(crop_padding=4, flip=True)
@@ -335,6 +336,7 @@ def test_gcn_zca_names_what_is_wrong() -> None:
         GcnZca.from_state({"mean": state["mean"], "matrix": state["matrix"], "scale": state["scale"]})
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_gcn_zca_on_cuda_equals_cpu() -> None:
     x = raw_images(100, seed=5)

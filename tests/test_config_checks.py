@@ -225,7 +225,7 @@ def test_measure_names_are_the_names_qgen_produces(digits) -> None:
     spec = make_spec(model={"depth": 1, "width": 8}, quant={"first_layer": "same", "last_layer": "same"})
     torch.manual_seed(0)
     model = build_model(spec, digits.input_shape, digits.num_classes)
-    init_quantizers(model, digits.train["x"][:64])
+    init_quantizers(model, next(iter(digits.train.batches(64)))[0])
     state = model.state_dict()
     settings = validate(
         {

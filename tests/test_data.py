@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from qgen.io import sha256_file
 from tests.conftest import DIGITS_PARAMS
 
 
-def test_digits_split_sizes_classes_and_normalization(digits) -> None:
+def test_digits_split_sizes_classes_and_normalization(digits_prepared) -> None:
+    digits = digits_prepared
     assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
     n_train, n_test = len(digits.train["y"]), len(digits.test["y"])
     assert n_train + n_test == 1797
@@ -29,11 +31,15 @@ def test_digits_split_sizes_classes_and_normalization(digits) -> None:
         assert abs(counts["test"][c] - 0.25 * total) <= 1
     assert torch.bincount(digits.train["y"]).tolist() == counts["train"]
     x = digits.train["x"]
-    assert (
-        x.dtype == torch.float32
-        and abs(x.mean().item()) < 1e-5
-        and x.std().item() == pytest.approx(1, abs=1e-3)
-    )
+    assert x.dtype == torch.uint8 and int(x.max()) == 16  # raw pixels 0..16, normalized per batch
+
+
+def test_digits_batches_are_standardized_by_the_training_statistics(digits) -> None:
+    (x, y), *rest = list(digits.train.batches(len(digits.train)))
+    assert not rest and x.dtype == torch.float32 and len(y) == len(digits.train)
+    assert abs(x.mean().item()) < 1e-5 and x.std().item() == pytest.approx(1, abs=1e-3)
+    (xt, _), *_ = list(digits.test.batches(10))
+    assert abs(xt.mean().item()) < 0.5  # the test split is normalized by the training statistics
 
 
 def test_meta_records_sha256_of_every_file(digits_dir) -> None:
@@ -54,7 +60,7 @@ def test_a_different_split_seed_gives_a_different_split(tmp_path, digits) -> Non
     prepare("digits", {**DIGITS_PARAMS, "split_seed": 1}, tmp_path)
     other = load_prepared(tmp_path)
     assert other.checksum != digits.checksum
-    assert len(other.train["y"]) == len(digits.train["y"])
+    assert len(other.train["y"]) == len(digits.train)
 
 
 def test_tampered_file_is_detected(tmp_path, digits_dir) -> None:
@@ -82,11 +88,14 @@ def test_unknown_dataset_is_named() -> None:
         prepare("cifar99", {}, "/nonexistent")
 
 
-def test_paper_scale_dataset_without_loader_says_so(tmp_path) -> None:
+def test_file_dataset_without_a_root_says_how_to_set_one(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "QGEN_DATA"}
     proc = subprocess.run(
         [sys.executable, "-m", "qgen", "prepare-data", "cifar10", "--meta", str(tmp_path / "meta.json")],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "'cifar10' has no loader in this version" in proc.stderr and "dry-run" in proc.stderr
+    assert "datasets.cifar10.root is not set" in proc.stderr and "$QGEN_DATA" in proc.stderr
+    assert not (tmp_path / "meta.json").exists()

@@ -217,15 +217,14 @@ def test_range_initialization_restores_the_parameters_and_keeps_the_ranges(digit
     initial = {k: p.detach().clone() for k, p in model.named_parameters()}
     ranges = model.ranges()
     opt = LowPrecisionSGD(model.low_precision_layers(), lr=0.05, momentum=0.5)
-    x, y = digits.train["x"], digits.train["y"]
 
-    def batch(idx: torch.Tensor) -> None:
+    def batch(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad()
-        model.training_loss(model(x[idx]), y[idx]).backward()
+        model.training_loss(model(x), y).backward()
         opt.step()
         model.after_step()
 
-    _initialize_ranges(model, batch, opt, spec["optim"], len(y), 0, 100, 10)
+    _initialize_ranges(model, batch, opt, spec["optim"], digits.train, 0, 100, 10)
     assert all(torch.equal(p, initial[k]) for k, p in model.named_parameters())
     assert model.ranges() != ranges  # 28 batches at 31 bits moved them (every 2 batches)
     assert (model.arithmetic.prop_nob, model.arithmetic.update_nob) == (7, 9)  # precision restored

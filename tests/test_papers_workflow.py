@@ -1,5 +1,6 @@
-"""The seed papers' experiments through the whole workflow on a tiny config: paper tables, figure, claims and
-the report section, with BinaryConnect and low-precision runs measured like every other run."""
+"""The seed papers' PI-MNIST experiments (config/paper/*.yaml, shrunk) through the whole workflow on tiny
+MNIST files in their real format: paper tables, figure, claims and the report section, with BinaryConnect
+(best validation epoch) and low-precision runs measured like every other run."""
 
 from __future__ import annotations
 
@@ -8,58 +9,67 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.test_workflow import snakemake
 
-TINY_PAPERS = """
-runtime: {device: cpu, checkpoint_every: 2}
-measures:
-  examples: 300
-  pacbayes: {depth: 5}
-  worst_case: {examples: 200, depth: 5}
-  hessian: {examples: 64, max_probes: 10}
-analysis: {bootstrap: 50}
-experiments:
-  bc:
-    paper_tables: [binaryconnect]
-    base:
-      data: {name: digits}
-      model: {name: mlp, depth: 2, width: 32, batch_norm: true, output_batch_norm: true, bn_momentum: 0.15,
-              bn_eps: 0.0001, init: glorot}
-      quant: {method: float}
-      optim: {name: adam, lr: 0.01, schedule: exponential, lr_final: 0.0001, batch_size: 100}
-      train: {max_epochs: 3, target_ce: null, loss: sq_hinge}
-    variants:
-      - {}
-      - {quant: {method: binary}}
-      - {quant: {method: binary, stochastic: true}}
-      - {model: {dropout: 0.5}}
-    seeds: [0, 1]
-  lowp:
-    paper_tables: [low_precision]
-    base:
-      data: {name: digits}
-      model: {name: maxout, depth: 1, width: 16, pieces: 2, dropout: 0.5, input_dropout: 0.2}
-      quant: {method: float, range_update_every: 3, range_init_epochs: 1}
-      optim: {name: sgd, lr: 0.05, schedule: linear, lr_final: 0.005, momentum: 0.5, momentum_final: 0.7,
-              momentum_saturate: 1, max_col_norm: 1.9365, batch_size: 100}
-      train: {max_epochs: 3, target_ce: null}
-    variants:
-      - {quant: {method: float}}
-      - {quant: {method: half}}
-      - {quant: {method: fixed}}
-      - {quant: {method: dynamic_fixed}}
-    grid:
-      quant.prop_bits: [10, 20]
-      quant.update_bits: [12]
-    seeds: [0]
-"""
+REPO = Path(__file__).resolve().parents[1]
+#: what the tiny run changes in the paper configs: sizes, epochs and measure settings, nothing else
+TINY_RUNTIME = {
+    "runtime": {"device": "cpu", "checkpoint_every": 2},
+    "measures": {
+        "examples": 300,
+        "pacbayes": {"depth": 5},
+        "worst_case": {"examples": 200, "depth": 5},
+        "hessian": {"examples": 64, "max_probes": 10},
+    },
+    "analysis": {"bootstrap": 50},
+}
+
+
+def write_tiny_mnist(root: Path, n_train: int = 700, n_test: int = 200) -> None:
+    """MNIST's files (``MNIST/raw/*-ubyte``, IDX) holding real MNIST digits: the first images of mnist5k."""
+    from qgen.data.mnist5k import mnist5k_path, read_mnist5k
+    from tests.test_datasets import write_idx
+
+    x, y, _ = read_mnist5k(mnist5k_path())
+    x = x.reshape(-1, 28, 28)
+    raw = root / "MNIST" / "raw"
+    for prefix, part in (("train", slice(0, n_train)), ("t10k", slice(n_train, n_train + n_test))):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x[part])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y[part])
+
+
+def tiny_paper_config(mnist_root: Path) -> dict:
+    """The PI-MNIST experiments of config/paper/{binaryconnect,low_precision}.yaml, shrunk to run in a
+    minute on tiny MNIST files: smaller networks, 3 epochs, fewer seeds and bit widths."""
+    bc = yaml.safe_load((REPO / "config/paper/binaryconnect.yaml").read_text())["experiments"]["bc_pi_mnist"]
+    bc["base"]["model"].update(depth=2, width=32)
+    bc["base"]["data"]["val_size"] = 100
+    bc["base"]["optim"].update(lr=0.01, lr_final=0.0001)
+    bc["base"]["train"]["max_epochs"] = 3
+    bc["seeds"] = [0, 1]
+    lp = yaml.safe_load((REPO / "config/paper/low_precision.yaml").read_text())["experiments"][
+        "lowprec_pi_mnist"
+    ]
+    lp["base"]["model"].update(depth=1, width=16, pieces=2)
+    lp["base"]["quant"].update(range_update_every=3, range_init_epochs=1)
+    lp["base"]["optim"].update(lr_saturate=2, momentum_saturate=1)
+    lp["base"]["train"]["max_epochs"] = 3
+    lp["grid"] = {"quant.prop_bits": [10, 20], "quant.update_bits": [12]}
+    lp["seeds"] = [0]
+    return {
+        **TINY_RUNTIME,
+        "datasets": {"mnist": {"root": str(mnist_root)}},
+        "experiments": {"bc": bc, "lowp": lp},
+    }
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("papers")
-    (workdir / "tiny.yaml").write_text(TINY_PAPERS)
+    write_tiny_mnist(workdir / "mnist")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_paper_config(workdir / "mnist")))
     snakemake(workdir)
     return workdir
 
@@ -67,6 +77,13 @@ def built(tmp_path_factory) -> Path:
 def test_binaryconnect_experiment_end_to_end(built: Path) -> None:
     runs = pd.read_csv(built / "results/bc/runs.csv", dtype={"bits": str})
     assert len(runs) == 8 and set(runs["quant"]) == {"fp32", "bc_det", "bc_stoch"}
+    assert set(runs["data.name"]) == {"mnist"} and set(runs["data.val_size"]) == {100}
+    for rid in runs["run_id"]:  # the test error at the best validation epoch, as the paper reports it
+        record = json.loads((built / f"results/runs/{rid}/metrics.json").read_text())
+        log = pd.read_csv(built / f"results/runs/{rid}/train_log.csv")
+        best = int(log.loc[log["val_acc"].idxmax(), "epoch"])
+        assert record["fit"]["selected_epoch"] == best
+        assert record["metrics"]["val_acc"] == pytest.approx(log["val_acc"].max(), abs=1e-12)
     assert set(runs.loc[runs["quant"] == "bc_stoch", "quant.test_time"]) == {"real"}  # recorded per run
     binary = runs[runs["quant.method"] == "binary"]
     assert binary["noise.weight.var_ratio"].notna().all() and binary["pacbayes.sigma"].notna().all()

@@ -54,7 +54,7 @@ def test_signal_mid_epoch_checkpoints_at_the_next_batch_and_resumes_identically(
     # dropout and stochastic binarization draw from the RNG, so the checkpointed RNG state matters
     spec = spec_factory(quant=quant, model={"dropout": 0.2}, train={"max_epochs": 4})
     reference, _, ref_result = train(spec, digits, tmp_path / "ref")
-    steps_per_epoch = -(-len(digits.train["y"]) // 64)  # batch size 64
+    steps_per_epoch = -(-len(digits.train) // 64)  # batch size 64
     stop_at = steps_per_epoch + 8  # the 8th batch of the second epoch
 
     real_step, calls = loop.constrain_latent_weights, {"n": 0}

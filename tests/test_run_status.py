@@ -137,6 +137,6 @@ def test_the_low_precision_table_averages_in_the_runs_that_did_not_train(tmp_pat
     row = table.iloc[0]
     assert (row["n"], row["degenerate_in_n"], row["diverged"]) == (2, 2, 1)
     assert row["test_error_mean"] == pytest.approx(0.9)
-    md = write_paper_table(table, tmp_path, "low_precision", "t", "note")[0].read_text()
+    md = write_paper_table(table, tmp_path, "low_precision", "t", "note", "digits")[0].read_text()
     assert "| 2 (2 degenerate, +1 diverged) | 90.00 ± 0.00 |" in md
     assert all(p.stat().st_size > 5000 for p in error_vs_prop_bits(pd.DataFrame(rows), tmp_path / "e", "t"))

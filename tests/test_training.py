@@ -177,3 +177,60 @@ def test_killed_training_process_resumes_with_identical_metrics(tmp_path, digits
     assert a["metrics"] == b["metrics"] and a["fit"] == b["fit"]
     assert b["provenance"]["resumed_from_epoch"] == killed_at
     assert not os.path.exists(f"{run}/checkpoint.pt")
+
+
+def test_best_val_selection_ends_with_the_weights_of_the_lowest_validation_error(
+    tmp_path, digits_prepared, spec_factory, monkeypatch
+) -> None:
+    from qgen.data.run_data import open_run_data
+
+    spec = spec_factory(data={"val_size": 300}, train={"max_epochs": 6, "select": "best_val"})
+    data = open_run_data(digits_prepared, spec["data"])
+    assert len(data.val) == 300 and data.m == len(digits_prepared.train["y"]) - 300
+    model, _, result = train(spec, data, tmp_path / "a")
+    log = [line.split(",") for line in (tmp_path / "a" / "train_log.csv").read_text().splitlines()]
+    header, rows = log[0], log[1:]
+    val_acc = [float(r[header.index("val_acc")]) for r in rows]
+    best = val_acc.index(max(val_acc)) + 1  # the earliest epoch of the highest validation accuracy
+    assert result.selected_epoch == best and result.epochs == 6
+    metrics = generalization_metrics(model, data)
+    assert metrics["val_acc"] == pytest.approx(max(val_acc), abs=1e-12)
+    assert result.final_train_ce == pytest.approx(float(rows[best - 1][header.index("train_ce")]))
+    # the same run interrupted after its second checkpoint resumes to the same selected weights
+    kill_after_second_checkpoint(monkeypatch, spec, data, tmp_path / "b")
+    resumed, _, again = train(spec, data, tmp_path / "b")
+    assert again.resumed_from_epoch == 4 and again.selected_epoch == best
+    assert state_equal(model, resumed)
+
+
+def test_best_val_without_a_validation_split_is_a_config_error(spec_factory) -> None:
+    from qgen.config import ConfigError
+
+    with pytest.raises(ConfigError, match="best_val needs a validation split"):
+        spec_factory(train={"select": "best_val"})
+
+
+def test_no_forward_pass_of_training_or_evaluation_sees_more_rows_than_its_batch(
+    tmp_path, digits_prepared, spec_factory, monkeypatch
+) -> None:
+    """Memory is bounded by the batch: training steps see optim.batch_size rows, evaluation passes (the
+    stopping rule, validation, test metrics) runtime.eval_batch_size, whatever the split's size."""
+    from qgen.data.run_data import open_run_data
+    from qgen.train import loop
+
+    seen: list[int] = []
+    real_build = loop.build_model
+
+    def counted(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", counted)
+    spec = spec_factory(data={"val_size": 200}, optim={"batch_size": 50}, train={"max_epochs": 2})
+    data = open_run_data(digits_prepared, spec["data"])
+    model, _, _ = train(spec, data, tmp_path, eval_batch_size=128)
+    generalization_metrics(model, data, batch_size=128)
+    assert max(seen) == 256  # the quantizers' calibration batch (CALIBRATION_EXAMPLES), once
+    assert seen.count(256) == 1 and max(seen[1:]) == 128 and 50 in seen
+    assert len(data.train) > 1000  # the split is many batches

@@ -4,6 +4,7 @@ qgen validate CONFIG                      check a config against the schema
 qgen runs CONFIG [--out runs.tsv]         list the runs a config expands to
 qgen spec CONFIG RUN_ID [--out spec.json] print or write one run's spec (JSON, for train --spec)
 qgen prepare-data NAME --params JSON --meta DIR/meta.json
+qgen verify-data DIR/meta.json [--full]   re-check a prepared dataset (--full: re-hash every image)
 qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
 qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
 qgen collect --experiment NAME --out runs.csv METRICS.json...
@@ -27,7 +28,13 @@ from typing import Any
 from qgen import io as qio
 from qgen.config import ConfigError, load_config
 
-RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "threads": 1, "compile": False, "checkpoint_every": 5}
+RUNTIME_DEFAULTS: dict[str, Any] = {
+    "device": "auto",
+    "threads": 1,
+    "compile": False,
+    "checkpoint_every": 5,
+    "eval_batch_size": 1024,
+}
 
 
 def _runtime(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,13 +52,17 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="train through torch.compile")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--eval-batch-size", type=int, help="batch size of evaluation passes (memory only)")
 
 
-def _data_for(meta_path: str, spec: dict[str, Any]):
+def _data_for(meta_path: str, spec: dict[str, Any], device: Any):
+    """The run's splits on ``device``, after checking the prepared files and their settings."""
     from qgen.data import load_prepared
+    from qgen.data.run_data import RUN_KEYS, open_run_data
 
-    expected = {k: v for k, v in spec["data"].items() if k != "name"}
-    return load_prepared(Path(meta_path).parent, expected)
+    expected = {k: v for k, v in spec["data"].items() if k != "name" and k not in RUN_KEYS}
+    directory = Path(meta_path).parent
+    return open_run_data(load_prepared(directory, expected), spec["data"], device, directory)
 
 
 def _provenance(
@@ -113,6 +124,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_data(args: argparse.Namespace) -> int:
+    from qgen.data import verify
+
+    meta = verify(Path(args.meta).parent, full=args.full)
+    checked = "every file's sha256" + (" and every image's sha256" if args.full else "")
+    print(f"{args.meta}: {meta['dataset']} intact ({checked} checked)", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (resuming from the run's checkpoint), write model.pt, evaluate into --out-metrics and measure
     into --measure-cache; the final training checkpoint is deleted only after all of them are written,
@@ -124,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec, rid = record["spec"], record["run_id"]
     run_cfg = _runtime(args)
     device = runtime.configure(run_cfg)
-    data = _data_for(args.data_meta, spec)
+    data = _data_for(args.data_meta, spec, device)
     out_dir = Path(args.out_model).parent
     ckpt = checkpoint.path_in(out_dir)
     settings_json = os.environ.get("QGEN_MEASURES") or ""
@@ -189,16 +209,16 @@ def evaluate_model_file(
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"])
+    data = data if data is not None else _data_for(data_meta, payload["spec"], device)
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
-    metrics = generalization_metrics(model, data, device)
+    metrics = generalization_metrics(model, data, run_cfg["eval_batch_size"])
     if fit["status"] == DIVERGED:
         metrics = {k: float("nan") for k in metrics}
     elif fit["status"] == COMPLETED:  # training checked its train CE and accuracy; the test CE is new here
         ces = (metrics["train_ce"], metrics["test_ce"])
-        reason = degenerate_reason(metrics["train_acc"], ces, data.meta["class_counts"]["train"])
+        reason = degenerate_reason(metrics["train_acc"], ces, data.train_class_counts())
         if reason is not None:
             fit.update(status=DEGENERATE, degenerate_reason=reason)
     fit.setdefault("degenerate_reason", None)  # (model files written before degenerate runs had a status)
@@ -241,12 +261,13 @@ def measure_model_file(
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"])
+    data = data if data is not None else _data_for(data_meta, payload["spec"], device)
     status = payload["train"]["status"]
     body: dict[str, Any] = {"measures": {}, "settings": settings}
     if status == "completed":
         body = measure_run(payload, data, settings, device)
     timings = body.pop("timings", {})
+    cost = body.pop("cost", None)  # peak CUDA memory and batch sizes: how it ran, not what it measured
     prov = _provenance(
         payload["run_id"],
         payload["spec"]["seed"],
@@ -254,6 +275,7 @@ def measure_model_file(
         device,
         data,
         wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
+        **({"measure_cost": cost} if cost is not None else {}),
     )
     return {"run_id": payload["run_id"], "status": status, **body, "provenance": prov}
 
@@ -448,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", required=True, help="path of the meta.json to write; data files go beside it")
     p.set_defaults(func=cmd_prepare_data)
 
+    p = sub.add_parser(
+        "verify-data",
+        help="check a prepared dataset: each file's sha256 (folder sets: each image's size; --full: sha256)",
+    )
+    p.add_argument("meta", help="the prepared dataset's meta.json")
+    p.add_argument("--full", action="store_true", help="re-hash every image of a folder set (slow)")
+    p.set_defaults(func=cmd_verify_data)
+
     p = sub.add_parser("train", help="train one run (resumes from checkpoint.pt beside --out-model)")
     p.add_argument("--spec", required=True, help="a spec.json path, or its JSON text")
     p.add_argument("--data-meta", required=True)
@@ -542,10 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"qgen: {err}", file=sys.stderr)
         return 2
-    except LookupError as err:
-        if type(err).__name__ != "UnknownDatasetError":  # (checked by name: importing it costs torch)
+    except (LookupError, RuntimeError) as err:
+        from qgen.data.integrity import DatasetError  # torch-free
+        from qgen.data.registry import UnknownDatasetError
+
+        if not isinstance(err, DatasetError | UnknownDatasetError):
             raise
-        print(f"qgen: {err}", file=sys.stderr)
+        print(f"qgen: {err}", file=sys.stderr)  # a missing or corrupt dataset: the message says which file
         return 2
 
 

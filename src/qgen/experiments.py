@@ -189,10 +189,49 @@ def _check_combination(spec: dict[str, Any]) -> None:
         raise ConfigError("optim.max_col_norm applies to model maxout only")
 
 
+#: training augmentation the papers use with convolutional models (data.augment unset); the
+#: permutation-invariant models (PERMUTATION_INVARIANT) and every other dataset get none
+CONV_AUGMENT: dict[str, dict[str, Any]] = {
+    "cifar10": {"crop_padding": 4, "flip": True},
+    "cifar100": {"crop_padding": 4, "flip": True},
+}
+PERMUTATION_INVARIANT = ("mlp", "maxout")
+
+
+def _normalize_data(spec: dict[str, Any]) -> None:
+    """Resolve ``data.augment`` (written out when augmenting, absent when not) and drop the validation
+    and selection keys at their defaults, so that spelling a default out never splits run ids."""
+    data, train = spec["data"], spec["train"]
+    augment = data.get("augment")
+    if augment is None and spec["model"]["name"] not in PERMUTATION_INVARIANT:
+        augment = CONV_AUGMENT.get(data["name"])
+    if isinstance(augment, dict):
+        augment = {
+            "crop_padding": int(augment.get("crop_padding", 0)),
+            "flip": bool(augment.get("flip", False)),
+        }
+        if not augment["crop_padding"] and not augment["flip"]:
+            augment = None
+    if isinstance(augment, dict):
+        data["augment"] = augment
+    else:
+        data.pop("augment", None)
+    if not data.get("val_size"):
+        data.pop("val_size", None)
+        data.pop("val_seed", None)
+    elif data.get("val_seed") == 0:
+        data.pop("val_seed")
+    if train.get("select") == "last":
+        train.pop("select")
+    if train.get("select") == "best_val" and not data.get("val_size"):
+        raise ConfigError("train.select: best_val needs a validation split: set data.val_size > 0")
+
+
 def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Check that the options fit together, fill method defaults and drop fields that have no effect for
     the chosen options, so they cannot split run ids."""
     _check_combination(spec)
+    _normalize_data(spec)
     quant = spec["quant"]
     method = quant["method"]
     kept = {"method": method}
@@ -388,16 +427,32 @@ def expand_config(config: dict[str, Any]) -> dict[str, list[Run]]:
 
 
 def _dataset_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """Preparation settings of every dataset, with schema defaults for those the config omits."""
-    from qgen.config import load_schema
+    """Preparation settings (as run specs carry them: no root) of every dataset the config names in
+    ``datasets`` or uses in an experiment, with the dataset's defaults (qgen.data.registry.prep_params)."""
+    from qgen.data.registry import UnknownDatasetError, prep_params
 
-    schema = load_schema()
-    datasets = copy.deepcopy(config.get("datasets", {}))
-    names = {"digits"} | set(datasets)
-    prep_schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/dataset_prep"}
-    for name in names:
-        datasets[name] = validate(datasets.get(name, {}), prep_schema, where=f"datasets.{name}")
-    return datasets
+    entries = config.get("datasets", {}) or {}
+    used = {
+        exp["base"].get("data", {}).get("name")
+        for exp in config.get("experiments", {}).values()
+        if isinstance(exp.get("base", {}).get("data"), dict)
+    }
+    for exp in config.get("experiments", {}).values():
+        for variant in exp.get("variants") or []:
+            if isinstance(variant.get("data"), dict):
+                used.add(variant["data"].get("name"))
+        for key, values in (exp.get("grid") or {}).items():
+            if key == "data.name":
+                used.update(values)
+            elif key == "data":
+                used.update(v.get("name") for v in values if isinstance(v, dict))
+    out: dict[str, Any] = {}
+    for name in sorted({"digits", *entries, *(u for u in used if isinstance(u, str))}):
+        try:
+            out[name] = prep_params(name, entries.get(name) or {})
+        except UnknownDatasetError as err:
+            raise ConfigError(f"datasets.{name}: {err}") from None
+    return out
 
 
 def all_runs(config: dict[str, Any]) -> dict[str, Run]:
@@ -414,8 +469,15 @@ def all_runs(config: dict[str, Any]) -> dict[str, Run]:
 
 
 def dataset_params(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Preparation settings of dataset ``name`` (the digits defaults, or the config's entry)."""
+    """Preparation settings of dataset ``name`` as its run specs and meta.json carry them (no root)."""
     return _dataset_defaults(config).get(name, {})
+
+
+def dataset_entry(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """What ``qgen prepare-data`` gets for dataset ``name``: its settings plus the config's ``root``, if any
+    (else the preparer reads ``$QGEN_DATA/<name>``)."""
+    root = ((config.get("datasets") or {}).get(name) or {}).get("root")
+    return {**dataset_params(config, name), **({"root": root} if root is not None else {})}
 
 
 def runs_table(runs: dict[str, Run]) -> str:

@@ -1,9 +1,9 @@
-"""Accuracy and cross-entropy of a model on a split, in eval mode, without gradients."""
+"""Accuracy and cross-entropy of a model over a stream of batches, in eval mode, without gradients."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -29,23 +29,20 @@ def _eval_mode(model: nn.Module | Forward):
 
 @torch.no_grad()
 def accuracy_and_ce(
-    model: nn.Module | Forward,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int = 1024,
-    device: torch.device | str | None = "cpu",
+    model: nn.Module | Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on (x, y), in batches of ``batch_size`` moved to
-    ``device`` (None: where x is); a module is left in its prior mode."""
-    device = x.device if device is None else device
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    total_ce = torch.zeros((), dtype=torch.float64, device=device)
+    """(accuracy, mean cross-entropy) of ``model`` over ``batches`` (e.g. a split's
+    :class:`~qgen.data.batches.Examples`), summed in float64 on the batches' device; a module is
+    evaluated in eval mode and left in its prior mode."""
+    correct: torch.Tensor | float = 0.0
+    total_ce: torch.Tensor | float = 0.0
+    n = 0
     with _eval_mode(model):
-        for start in range(0, len(y), batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = y[start : start + batch_size].to(device)
+        for xb, yb in batches:
             logits = model(xb)
-            total_ce += F.cross_entropy(logits.double(), yb, reduction="sum")
-            correct += (logits.argmax(dim=1) == yb).sum()
-    n = len(y)
+            total_ce = total_ce + F.cross_entropy(logits.double(), yb, reduction="sum")
+            correct = correct + (logits.argmax(dim=1) == yb).sum()
+            n += len(yb)
+    if n == 0:
+        raise ValueError("accuracy_and_ce: no examples")
     return float(correct) / n, float(total_ce) / n

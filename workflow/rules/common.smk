@@ -7,7 +7,7 @@ import sys
 from snakemake.utils import min_version
 
 from qgen.config import validate_config
-from qgen.experiments import DATASET_PATTERN, RUN_ID_PATTERN, all_runs, dataset_params, runs_table
+from qgen.experiments import DATASET_PATTERN, RUN_ID_PATTERN, all_runs, dataset_entry, runs_table
 
 min_version("9.0")
 

@@ -1,4 +1,5 @@
-# Dataset preparation: data/prepared/<dataset>/{train,test}.pt + meta.json (sha256 of every file).
+# Dataset preparation: data/prepared/<dataset>/{train,test}.pt + meta.json (sha256 of every file), read from
+# files the user has (datasets.<name>.root or $QGEN_DATA/<name>) or from a package (digits, mnist5k).
 
 
 rule prepare_data:
@@ -7,7 +8,7 @@ rule prepare_data:
         test="data/prepared/{dataset}/test.pt",
         meta="data/prepared/{dataset}/meta.json",
     params:
-        prep=lambda wildcards: json.dumps(dataset_params(config, wildcards.dataset), sort_keys=True),
+        prep=lambda wildcards: json.dumps(dataset_entry(config, wildcards.dataset), sort_keys=True),
     log:
         "logs/prepare_data/{dataset}.log",
     conda:

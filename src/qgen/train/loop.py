@@ -1,9 +1,15 @@
 """The training loop: one run spec in, one trained (quantized) model out.
 
+- Data: every batch comes from the run's splits (qgen.data.run_data) through the one batch iterator
+  (qgen.data.batches), normalized and, for training batches, augmented on the training device.
 - Stopping rule of Jiang et al. (2019): after each epoch the cross-entropy of the model on the
-  whole training set (eval mode, i.e. the quantized model as deployed) is computed; training stops
-  when it is at or below ``train.target_ce`` or after ``train.max_epochs``. Which one ended the
-  run is recorded (``stop_reason``).
+  whole training set (eval mode, i.e. the quantized model as deployed, in batches of
+  ``runtime.eval_batch_size``) is computed; training stops when it is at or below ``train.target_ce``
+  or after ``train.max_epochs``. Which one ended the run is recorded (``stop_reason``).
+- With a validation split (``data.val_size``) its accuracy and cross-entropy are logged every epoch;
+  ``train.select: best_val`` keeps the weights of the epoch with the lowest validation error (the
+  earliest on ties) and ends the run with them, as BinaryConnect reports the test error at the best
+  validation epoch; ``last`` (default) keeps the last epoch's.
 - A non-finite training loss marks the run ``diverged`` (with its epoch); a run that ends with a
   finite loss but a non-finite training CE or a training accuracy at chance is ``degenerate``
   (qgen.run_status, with its reason). Either way the run still writes its outputs so the sweep goes
@@ -32,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qgen.data import PreparedData
+from qgen.data.batches import DEFAULT_BATCH, Examples, Split
+from qgen.data.run_data import RunData
 from qgen.experiments import spec_hash
 from qgen.io import atomic_open
 from qgen.metrics import accuracy_and_ce
@@ -46,6 +53,7 @@ from qgen.train.optim import build_optimizer, lr_at, momentum_at, set_lr, set_mo
 log = logging.getLogger("qgen.train")
 
 LOG_FIELDS = ("epoch", "lr", "loss", "train_ce", "train_acc", "seconds")
+VAL_FIELDS = ("val_ce", "val_acc")
 CALIBRATION_EXAMPLES = 256
 
 
@@ -60,6 +68,7 @@ class TrainResult:
     train_seconds: float
     resumed_from_epoch: int | None
     degenerate_reason: str | None = None  # "non_finite_ce" or "chance_accuracy" when degenerate
+    selected_epoch: int | None = None  # the epoch whose weights the run ends with (train.select)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -67,12 +76,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_log(path: Path, rows: list[dict[str, Any]], validation: bool) -> None:
+    fields = LOG_FIELDS + VAL_FIELDS if validation else LOG_FIELDS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row[k] for k in LOG_FIELDS})
+        writer.writerow({k: row.get(k, float("nan")) for k in fields})
     with atomic_open(path) as fh:
         fh.write(buf.getvalue())
 
@@ -112,14 +122,14 @@ def batch_step(
 
 def train_run(
     spec: dict[str, Any],
-    data: PreparedData,
+    data: RunData,
     out_dir: str | Path,
     runtime: dict[str, Any],
     device: torch.device,
     progress: bool | None = None,
     log_path: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor], TrainResult]:
-    """Train the run described by ``spec`` into ``out_dir`` (resuming from its checkpoint).
+    """Train the run described by ``spec`` on ``data`` into ``out_dir`` (resuming from its checkpoint).
 
     Returns the trained model (eval mode), its initial state (after quantizer calibration, for
     distance-from-initialization measures) and the training summary. The final checkpoint stays in
@@ -131,22 +141,27 @@ def train_run(
     progress = sys.stderr.isatty() if progress is None else progress
     seed, optim_spec, train_spec = spec["seed"], spec["optim"], spec["train"]
     max_epochs, target = train_spec["max_epochs"], train_spec.get("target_ce")
+    select = train_spec.get("select", "last")
     identity = spec_hash(spec)
+    train, val = data.train, data.val
+    if select == "best_val" and val is None:
+        raise ValueError("train.select: best_val needs a validation split (data.val_size > 0)")
+    n = len(train)
+    eval_batch = int(runtime.get("eval_batch_size", DEFAULT_BATCH))
+    train_examples = Examples(train, None, eval_batch)
+    val_examples = Examples(val, None, eval_batch) if val is not None else None
 
     torch.manual_seed(seed)
     model = build_model(spec, data.input_shape, data.num_classes).to(device)
-    x_train, y_train = data.train["x"].to(device), data.train["y"].to(device)
     optimizer = build_optimizer(model, optim_spec)
     batch_size = optim_spec["batch_size"]
     step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
     step = batch_step(model, optimizer, train_spec.get("loss", "ce"), step_model)
 
-    def train_batch(idx: torch.Tensor) -> torch.Tensor:
-        return step(x_train[idx], y_train[idx])
-
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed, resumed = 0, 0.0, None
     init_state: dict[str, torch.Tensor]
+    best: dict[str, Any] | None = None  # train.select best_val: {"epoch", "val_error", "model"}
 
     state = checkpoint.load(ckpt_path, device) if ckpt_path.exists() else None
     if state is not None and state.get("spec_hash") != identity:
@@ -160,15 +175,22 @@ def train_run(
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         init_state = state["init_state"]
         rows, start_epoch, elapsed = state["log"], state["epoch"], state["elapsed"]
+        best = state.get("best")
         resumed = start_epoch
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     else:
-        calib = _epoch_order(len(y_train), seed, -1)[:CALIBRATION_EXAMPLES]
-        init_quantizers(model, x_train[calib])
-        _initialize_ranges(
-            model, train_batch, optimizer, optim_spec, len(y_train), seed, batch_size, max_epochs
-        )
+        calib = _epoch_order(n, seed, -1)[:CALIBRATION_EXAMPLES]
+        init_quantizers(model, next(iter(train.batches(CALIBRATION_EXAMPLES, calib)))[0])
+        _initialize_ranges(model, step, optimizer, optim_spec, train, seed, batch_size, max_epochs)
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def save_state(epoch: int, **extra: Any) -> dict[str, Any]:
+        state = checkpoint.training_state(
+            identity, epoch, model, optimizer, init_state, rows, elapsed, device
+        )
+        if best is not None:
+            state["best"] = best
+        return {**state, **extra}
 
     status, stop_reason, diverged_epoch = COMPLETED, "max_epochs", None
     finished = state.pop("finished", None) if state is not None else None
@@ -188,36 +210,45 @@ def train_run(
         set_lr(optimizer, lr)
         set_momentum(optimizer, momentum_at(optim_spec, epoch))
         model.train()
-        order = _epoch_order(len(y_train), seed, epoch).to(device)
+        order = _epoch_order(n, seed, epoch)
         first, loss_sum = preemption.continue_epoch(state, device)  # mid-epoch checkpoint: its offset
-        for start in range(first, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss_sum += train_batch(idx) * len(idx)
+        position = first
+        batches = train.batches(batch_size, order[first:], augment=True, seed=seed, epoch=epoch, offset=first)
+        for xb, yb in batches:
+            loss_sum += step(xb, yb) * len(yb)
+            position += len(yb)
             if stop.requested:  # checkpoint mid-epoch (same contents as below, plus the offset)
+                elapsed_now = elapsed + time.perf_counter() - t0
                 partial = checkpoint.training_state(
-                    identity, epoch, model, optimizer, init_state, rows,
-                    elapsed + time.perf_counter() - t0, device,
-                )  # fmt: skip
-                stop.checkpoint_and_exit(ckpt_path, partial, batch_start=start + len(idx), loss_sum=loss_sum)
-        mean_loss = float(loss_sum) / len(order)
+                    identity, epoch, model, optimizer, init_state, rows, elapsed_now, device
+                )
+                if best is not None:
+                    partial["best"] = best
+                stop.checkpoint_and_exit(ckpt_path, partial, batch_start=position, loss_sum=loss_sum)
+        mean_loss = float(loss_sum) / n
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss}
         if not torch.isfinite(torch.tensor(mean_loss)):
             status, stop_reason, diverged_epoch = DIVERGED, "diverged", epoch + 1
-            train_acc, train_ce = float("nan"), float("nan")
+            row.update(train_acc=float("nan"), train_ce=float("nan"))
         else:
-            train_acc, train_ce = accuracy_and_ce(model, x_train, y_train, device=device)
+            row["train_acc"], row["train_ce"] = accuracy_and_ce(model, train_examples)
+            if val_examples is not None:
+                row["val_acc"], row["val_ce"] = accuracy_and_ce(model, val_examples)
+                if select == "best_val" and (best is None or 1 - row["val_acc"] < best["val_error"]):
+                    best = {
+                        "epoch": epoch + 1,
+                        "val_error": 1 - row["val_acc"],
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    }
         elapsed += time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": mean_loss,
-            "train_ce": train_ce,
-            "train_acc": train_acc,
-            "seconds": round(elapsed, 3),
-        }
+        row["seconds"] = round(elapsed, 3)
         rows.append(row)
+        train_ce, train_acc = row["train_ce"], row["train_acc"]
         message = (
             f"epoch {epoch + 1}/{max_epochs} lr {lr:.4g} loss {mean_loss:.4f} "
-            f"train_ce {train_ce:.4f} train_acc {train_acc:.4f} ({elapsed:.1f} s)"
+            f"train_ce {train_ce:.4f} train_acc {train_acc:.4f}"
+            + (f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+            + f" ({elapsed:.1f} s)"
         )
         if bar is not None:
             bar.set_postfix_str(f"loss {mean_loss:.4f} train_ce {train_ce:.4f}")
@@ -231,29 +262,30 @@ def train_run(
             stop_reason = "target_ce"
             break
         if (epoch + 1) % runtime.get("checkpoint_every", 5) == 0 and epoch + 1 < max_epochs:
-            state = checkpoint.training_state(
-                identity, epoch + 1, model, optimizer, init_state, rows, elapsed, device
-            )
-            checkpoint.save(ckpt_path, state)
+            checkpoint.save(ckpt_path, save_state(epoch + 1))
     if finished is None:  # the final checkpoint, kept until the run's metrics and measures are written
-        state = checkpoint.training_state(
-            identity, len(rows), model, optimizer, init_state, rows, elapsed, device
-        )
+        state = save_state(len(rows))
         state["finished"] = {"status": status, "stop_reason": stop_reason, "diverged_epoch": diverged_epoch}
         checkpoint.save(ckpt_path, state)
     if bar is not None:
         bar.close()
     stop.restore()
 
-    last = rows[-1] if rows else {"train_ce": float("nan"), "train_acc": float("nan")}
+    selected = len(rows) if rows else None
+    if select == "best_val" and best is not None and status != DIVERGED:
+        model.load_state_dict(best["model"])
+        selected = best["epoch"]
+        log.info("ending with the weights of epoch %d (lowest validation error)", selected)
+    last = rows[selected - 1] if selected else {"train_ce": float("nan"), "train_acc": float("nan")}
     reason = None
+    counts = data.train_class_counts()
     if status == COMPLETED:
-        reason = degenerate_reason(last["train_acc"], [last["train_ce"]], data.meta["class_counts"]["train"])
+        reason = degenerate_reason(last["train_acc"], [last["train_ce"]], counts)
     if reason is not None:
         status = DEGENERATE
         log.warning(
             "run is degenerate (%s): train CE %s, train accuracy %.4f (chance: ≤ %.4f); recording it",
-            reason, last["train_ce"], last["train_acc"], chance_accuracy(data.meta["class_counts"]["train"]),
+            reason, last["train_ce"], last["train_acc"], chance_accuracy(counts),
         )  # fmt: skip
     result = TrainResult(
         status=status,
@@ -265,18 +297,19 @@ def train_run(
         train_seconds=round(elapsed, 3),
         resumed_from_epoch=resumed,
         degenerate_reason=reason,
+        selected_epoch=selected if select != "last" else None,
     )
-    _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows)
+    _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows, val is not None)
     model.train(False)
     return model, init_state, result
 
 
 def _initialize_ranges(
     model: nn.Module,
-    train_batch,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     optim_spec: dict[str, Any],
-    n: int,
+    train: Split,
     seed: int,
     batch_size: int,
     max_epochs: int,
@@ -294,9 +327,9 @@ def _initialize_ranges(
     model.train()
     with model.range_search_precision(31):
         for k in range(epochs):
-            order = _epoch_order(n, seed, -2 - k).to(next(model.parameters()).device)
-            for start in range(0, n, batch_size):
-                train_batch(order[start : start + batch_size])
+            order = _epoch_order(len(train), seed, -2 - k)
+            for xb, yb in train.batches(batch_size, order, augment=True, seed=seed, epoch=-2 - k):
+                step(xb, yb)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(initial[name])

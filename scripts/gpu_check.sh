@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call on the lent GPU machine (one H200; its own Python 3.12 with torch 2.11 and
+# torchvision 0.26 at /opt/torch/.venv; no snakemake, dvc or jsonschema there, nothing downloadable):
+#
+#   1. the `gpu` tests: training, evaluation and every measure on CUDA against the CPU, within the
+#      tolerances their docstrings state (tests/test_gpu.py, tests/test_measure_values.py, tests/test_augment.py);
+#   2. one epoch of CIFAR-10-shaped synthetic data (50,000 uint8 images resident on the GPU, augmented
+#      there) per model, and every measure at its default settings (benchmarks/measure_cost.py).
+#
+# Budget: under 8 minutes in all (each part has its own timeout). Prepare once, here:
+#   bash scripts/gpu_check.sh --wheels     # downloads the missing pure-Python wheels into .whl/ (ignored)
+# then run it there with the device tool: command `bash scripts/gpu_check.sh`, carry [".whl"].
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --wheels ]; then
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  pins=$(grep -iE '^(jsonschema|jsonschema-specifications|referencing|rpds-py|attrs)==' requirements.lock)
+  # shellcheck disable=SC2086
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl $pins
+  ls .whl
+  exit 0
+fi
+
+python=${PYTHON:-/opt/torch/.venv/bin/python}
+[ -x "$python" ] || python=python3
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH} MPLBACKEND=Agg PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__,
+  "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'
+
+status=0
+echo "== 1. gpu tests (CUDA vs CPU)"
+timeout 240 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs \
+  tests/test_gpu.py tests/test_measure_values.py tests/test_augment.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+
+echo "== 2. CIFAR-10-shaped epoch per model and the measures' cost on CUDA"
+timeout 240 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
+exit $status

@@ -1,0 +1,240 @@
+"""One batch iterator between prepared data and everything that reads it (design.md, "Scale").
+
+Training, evaluation, the stopping rule and every measure read a split through :meth:`Split.batches`,
+in mini-batches of a stated size, so peak memory is bounded by the batch, not the dataset.
+
+- :class:`TensorSplit`: a small image set held whole, as stored (uint8 pixels for image sets), on the
+  training device; each batch is gathered there, augmented (training only) and normalized there, as
+  airbench does on a GPU. A split may be a view through an index (the training part of a train/validation
+  split), so carving a validation set copies nothing.
+- :class:`FolderSplit` (ImageNet-size sets): images decoded by a DataLoader with workers from the files
+  of a prepared folder dataset, with the dataset's train or eval transforms, normalized on the device.
+
+Augmentation is deterministic for (seed, epoch, position in the epoch): the random crops and flips of the
+batch that starts at position ``p`` of the epoch's order are drawn from a CPU generator seeded by
+(seed, epoch, p), so CPU and CUDA runs see the same augmentation and a run resumed mid-epoch sees the same
+batches as an uninterrupted one.
+
+:class:`Examples` is a fixed, ordered set of examples of a split read in batches (a measure's subset);
+iterating it twice gives the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+#: maps a raw batch on the device (uint8 pixels or float values) to the network's float32 input
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
+#: an augmentation of a raw batch, its random draws taken from the CPU generator it is given
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+#: batches of at most this many examples when a caller does not say (evaluation, measures)
+DEFAULT_BATCH = 1024
+
+
+class Split(Protocol):
+    """A split of a prepared dataset (train, validation or test) read in mini-batches."""
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """int64 labels of every example, on the CPU."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        offset: int = 0,
+    ) -> Iterator[Batch]:
+        """Batches of the examples at positions ``order`` (all, in order, when None), normalized on the
+        split's device; ``augment`` applies the split's training augmentation with draws seeded by
+        (seed, epoch, offset + position within ``order``)."""
+        ...
+
+
+def augment_generator(seed: int, epoch: int, position: int) -> torch.Generator:
+    """The CPU generator of the augmentation of the batch at ``position`` of epoch ``epoch``."""
+    mixed = (seed * 1_000_003 + epoch + 7) * 1_000_033 + position
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """(x·scale − mean_c) / std_c per channel c: the prepared set's normalization (meta.json)."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_meta(cls, normalization: dict[str, Any]) -> Standardize:
+        mean, std = normalization["mean"], normalization["std"]
+        mean = tuple(mean) if isinstance(mean, list) else (mean,)
+        std = tuple(std) if isinstance(std, list) else (std,)
+        return cls(float(normalization["scale"]), tuple(map(float, mean)), tuple(map(float, std)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32) * self.scale
+        if len(self.mean) == 1:
+            return (x - self.mean[0]) / self.std[0]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        return (x - mean) / std
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class TensorSplit:
+    """Examples held whole on one device, read in normalized (and, for training, augmented) batches.
+
+    ``x`` is stored as prepared (uint8 pixels for image sets: CIFAR-10's training set is 150 MB, not
+    600 MB of float32) and moved to ``device`` once; ``index`` makes the split a view of part of ``x``.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        preprocess: Preprocess = identity,
+        *,
+        augment: Augmentation | None = None,
+        index: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        device = torch.device(device) if device is not None else x.device
+        self.x, self.y = x.to(device), y.to(device)
+        self._labels_all = y.to("cpu")
+        self.index = index.to(torch.int64) if index is not None else None
+        self._index_dev = self.index.to(device) if self.index is not None else None
+        self.preprocess, self.augment, self.device = preprocess, augment, device
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(self.y)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels_all[self.index] if self.index is not None else self._labels_all
+
+    def subset(self, positions: torch.Tensor) -> TensorSplit:
+        """The split restricted to ``positions`` (a view: no copy of the examples)."""
+        positions = positions.to(torch.int64).cpu()
+        index = self.index[positions] if self.index is not None else positions
+        view = TensorSplit.__new__(TensorSplit)
+        view.x, view.y, view._labels_all = self.x, self.y, self._labels_all
+        view.index, view._index_dev = index, index.to(self.device)
+        view.preprocess, view.augment, view.device = self.preprocess, self.augment, self.device
+        return view
+
+    def batches(
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        offset: int = 0,
+    ) -> Iterator[Batch]:
+        n = len(order) if order is not None else len(self)
+        order_dev = order.to(self.device) if order is not None else None
+        for start in range(0, n, batch_size):
+            if order_dev is None:
+                pos = torch.arange(start, min(start + batch_size, n), device=self.device)
+            else:
+                pos = order_dev[start : start + batch_size]
+            rows = self._index_dev[pos] if self._index_dev is not None else pos
+            x, y = self.x[rows], self.y[rows]
+            if augment and self.augment is not None:
+                x = self.augment(x, augment_generator(seed, epoch, offset + start))
+            yield self.preprocess(x), y
+
+
+@dataclass
+class Examples:
+    """A fixed, ordered set of examples of a split, read in batches of ``batch_size`` (a measure's subset).
+
+    Iterating twice gives the same batches; ``len`` is the number of examples."""
+
+    split: Split
+    order: torch.Tensor | None = None
+    batch_size: int = DEFAULT_BATCH
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.split.batches(self.batch_size, self.order)
+
+    def __len__(self) -> int:
+        return len(self.order) if self.order is not None else len(self.split)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        labels = self.split.labels
+        return labels[self.order.cpu()] if self.order is not None else labels
+
+    @classmethod
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> Examples:
+        """Already normalized tensors read in batches (tests, and callers that hold a small batch)."""
+        return cls(TensorSplit(x, y), None, batch_size)
+
+    def rebatched(self, batch_size: int) -> Examples:
+        return Examples(self.split, self.order, batch_size)
+
+
+def sample(n: int, size: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded random subset of ``size`` of the positions 0..n−1 (None: all of them, in order)."""
+    if size is None or size >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def examples(split: Split, size: int | None, seed: int, batch_size: int = DEFAULT_BATCH) -> Examples:
+    """``size`` examples of ``split`` drawn with ``seed`` (all of it when None), read in batches."""
+    return Examples(split, sample(len(split), size, seed), batch_size)
+
+
+def stratified_holdout(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (kept, held out) of a seeded stratified split holding out ``size`` examples.
+
+    Each class gives its share of ``size`` (largest remainders, ties to the smaller class index), its
+    examples chosen by a seeded permutation; both position lists come back sorted."""
+    labels = labels.cpu()
+    n = len(labels)
+    if not 0 <= size < n:
+        raise ValueError(f"cannot hold out {size} of {n} examples")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * size / n
+    take = exact.floor().long()
+    short = size - int(take.sum())
+    if short:
+        remainders = exact - take.double()
+        order = sorted(range(len(classes)), key=lambda i: (-float(remainders[i]), int(classes[i])))
+        for i in order[:short]:
+            take[i] += 1
+    gen = torch.Generator().manual_seed(seed)
+    held: list[torch.Tensor] = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = torch.nonzero(labels == c).flatten()
+        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    held_out = torch.cat(held).sort().values if held else torch.empty(0, dtype=torch.int64)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).flatten(), held_out
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()

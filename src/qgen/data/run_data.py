@@ -1,0 +1,100 @@
+"""The data of one run: its training, validation and test splits on the run's device.
+
+Built from a prepared dataset (qgen.data.prepared) and the ``data`` section of a run spec:
+
+- ``val_size`` examples of the prepared training split are held out as the validation split by a
+  seeded stratified split (``val_seed``, :func:`~qgen.data.batches.stratified_holdout`); the rest is the
+  training split. m, the training-set size of the size-normalized measures, is the size of what is left.
+- the test split is the prepared test split: the official one for the sets that have it.
+- ``augment`` (resolved by the run spec: the dataset's augmentation for convolutional models, none for the
+  permutation-invariant ones) applies to training batches only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qgen.data.batches import Split, Standardize, TensorSplit, class_counts, stratified_holdout
+from qgen.data.prepared import PreparedData
+
+#: run-spec ``data`` keys that select from a prepared set rather than prepare it (never checked
+#: against the preparation settings in meta.json)
+RUN_KEYS = ("val_size", "val_seed", "augment")
+
+
+@dataclass
+class RunData:
+    """A run's splits (normalized batches on its device) and the prepared set's description."""
+
+    name: str
+    meta: dict[str, Any]
+    train: Split
+    test: Split
+    val: Split | None = None
+
+    @property
+    def checksum(self) -> str:
+        return self.meta["checksum"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["input_shape"])
+
+    @property
+    def m(self) -> int:
+        """The training-set size (Jiang et al.'s m), validation examples excluded."""
+        return len(self.train)
+
+    def train_class_counts(self) -> list[int]:
+        return class_counts(self.train.labels, self.num_classes)
+
+
+def preprocess_for(prepared: PreparedData, directory: Path | None = None):
+    """The normalization a prepared set's batches get on the device: standardization by the training
+    statistics in meta.json, or BinaryConnect's GCN + ZCA when the set was prepared with it."""
+    meta = prepared.meta
+    if meta.get("params", {}).get("preprocess") == "gcn_zca":
+        from qgen.data.whiten import GcnZca
+
+        if directory is None:
+            raise ValueError("a GCN + ZCA prepared set needs its directory (whiten.pt)")
+        return GcnZca.from_state(torch.load(Path(directory) / "whiten.pt", weights_only=True))
+    return Standardize.from_meta(meta["normalization"])
+
+
+def open_run_data(
+    prepared: PreparedData,
+    data_spec: dict[str, Any],
+    device: torch.device | str = "cpu",
+    directory: str | Path | None = None,
+    workers: int = 8,
+) -> RunData:
+    """The splits of a run with ``data_spec`` (a run spec's ``data`` section) on ``device``; a folder set
+    (ImageNet) streams through a DataLoader with ``workers`` processes (qgen.data.streamed)."""
+    from qgen.data.augment import Augment
+
+    if prepared.meta.get("kind", "tensor") != "tensor":
+        from qgen.data.streamed import open_folder_run_data
+
+        return open_folder_run_data(prepared, data_spec, device, workers)
+    preprocess = preprocess_for(prepared, Path(directory) if directory is not None else None)
+    augment = Augment.from_spec(data_spec.get("augment"))
+    tr, te = prepared.train, prepared.test
+    full = TensorSplit(tr["x"], tr["y"], preprocess, augment=augment, device=device)
+    val = None
+    val_size = int(data_spec.get("val_size", 0))
+    if val_size:
+        kept, held = stratified_holdout(tr["y"], val_size, int(data_spec.get("val_seed", 0)))
+        train, val = full.subset(kept), full.subset(held)
+    else:
+        train = full
+    test = TensorSplit(te["x"], te["y"], preprocess, device=device)
+    return RunData(prepared.name, prepared.meta, train, test, val)

@@ -1,0 +1,108 @@
+"""Splits of ImageNet-size folder sets, streamed from their image files by a DataLoader with workers.
+
+A :class:`FolderSplit` reads the files of a prepared folder set (qgen.data.folders: file list, labels,
+manifest) in the order asked: workers decode each image and apply the dataset's train transform
+(RandomResizedCrop + flip, for augmented training batches) or its eval transform (Resize + CenterCrop),
+returning uint8; the batch is normalized on the device like a small set's. Only the batches in flight are
+in memory (``workers`` × ``prefetch`` batches).
+
+Determinism: the order is the caller's (a pure function of seed and epoch); the random crops and flips
+are drawn in the workers from torch's generator, which the DataLoader seeds per worker from a generator
+seeded by (seed, epoch, position), so an epoch's augmentation repeats for a fixed number of workers
+(unlike the small sets, it is not the same on a different worker count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from qgen.data.batches import Batch, Preprocess, Standardize, augment_generator, stratified_holdout
+
+
+class FolderSplit:
+    """A split of a prepared folder set (files relative to ``root``, labels ``y``), read in batches."""
+
+    def __init__(
+        self,
+        root: str,
+        files: list[str],
+        y: torch.Tensor,
+        preprocess: Preprocess,
+        *,
+        augment: bool,
+        index: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        workers: int = 8,
+        prefetch: int = 2,
+    ) -> None:
+        self.root, self.files, self.y = root, files, y.to(torch.int64).cpu()
+        self.index = index.to(torch.int64).cpu() if index is not None else None
+        self.preprocess, self.can_augment = preprocess, augment
+        self.device, self.workers, self.prefetch = torch.device(device), workers, prefetch
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(self.y)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y[self.index] if self.index is not None else self.y
+
+    def subset(self, positions: torch.Tensor) -> FolderSplit:
+        positions = positions.to(torch.int64).cpu()
+        view = FolderSplit.__new__(FolderSplit)
+        view.__dict__.update(self.__dict__)
+        view.index = self.index[positions] if self.index is not None else positions
+        return view
+
+    def batches(
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        offset: int = 0,
+    ) -> Iterator[Batch]:
+        from qgen.data.folders import ImageFiles, eval_transform, train_transform
+
+        positions = order.cpu() if order is not None else torch.arange(len(self))
+        rows = self.index[positions] if self.index is not None else positions
+        transform = train_transform() if augment and self.can_augment else eval_transform()
+        loader = torch.utils.data.DataLoader(
+            ImageFiles(self.root, self.files, self.y, transform),
+            batch_size=batch_size,
+            sampler=rows.tolist(),
+            num_workers=self.workers,
+            prefetch_factor=self.prefetch if self.workers else None,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=augment_generator(seed, epoch, offset),
+        )
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            yield self.preprocess(x), y.to(self.device, non_blocking=True)
+
+
+def open_folder_run_data(
+    prepared: Any, data_spec: dict[str, Any], device: torch.device | str, workers: int = 8
+):
+    """A run's splits of a prepared folder set (see qgen.data.run_data.open_run_data)."""
+    from qgen.data.run_data import RunData
+
+    meta = prepared.meta
+    norm = Standardize.from_meta(meta["normalization"])
+    tr, te = prepared.train, prepared.test
+    full = FolderSplit(meta["root"], tr["files"], tr["y"], norm, augment=True, device=device, workers=workers)
+    test = FolderSplit(
+        meta["root"], te["files"], te["y"], norm, augment=False, device=device, workers=workers
+    )
+    val = None
+    val_size = int(data_spec.get("val_size", 0))
+    if val_size:
+        kept, held = stratified_holdout(tr["y"], val_size, int(data_spec.get("val_seed", 0)))
+        full, val = full.subset(kept), full.subset(held)
+    return RunData(prepared.name, meta, full, test, val)
