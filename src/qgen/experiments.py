@@ -199,12 +199,16 @@ PERMUTATION_INVARIANT = ("mlp", "maxout")
 
 
 def _normalize_data(spec: dict[str, Any]) -> None:
-    """Resolve ``data.augment`` (written out when augmenting, absent when not) and drop the validation
-    and selection keys at their defaults, so that spelling a default out never splits run ids."""
+    """Resolve ``data.augment`` and drop the validation and selection keys at their defaults, so that
+    spelling a default out never splits run ids and normalizing twice changes nothing.
+
+    Augmentation is written out when it is used (``{crop_padding, flip}``), absent when it is off and that
+    is the default, and ``none`` when it is off but the dataset's default would augment."""
     data, train = spec["data"], spec["train"]
-    augment = data.get("augment")
-    if augment is None and spec["model"]["name"] not in PERMUTATION_INVARIANT:
-        augment = CONV_AUGMENT.get(data["name"])
+    default = None
+    if spec["model"]["name"] not in PERMUTATION_INVARIANT:
+        default = CONV_AUGMENT.get(data["name"])
+    augment = data.get("augment", default)
     if isinstance(augment, dict):
         augment = {
             "crop_padding": int(augment.get("crop_padding", 0)),
@@ -212,8 +216,12 @@ def _normalize_data(spec: dict[str, Any]) -> None:
         }
         if not augment["crop_padding"] and not augment["flip"]:
             augment = None
-    if isinstance(augment, dict):
+    if augment == "none":
+        augment = None
+    if augment is not None:
         data["augment"] = augment
+    elif default is not None:
+        data["augment"] = "none"
     else:
         data.pop("augment", None)
     if not data.get("val_size"):

@@ -86,7 +86,8 @@ def open_run_data(
 
         return open_folder_run_data(prepared, data_spec, device, workers)
     preprocess = preprocess_for(prepared, Path(directory) if directory is not None else None)
-    augment = Augment.from_spec(data_spec.get("augment"))
+    augment_spec = data_spec.get("augment")
+    augment = Augment.from_spec(None if augment_spec == "none" else augment_spec)
     tr, te = prepared.train, prepared.test
     full = TensorSplit(tr["x"], tr["y"], preprocess, augment=augment, device=device)
     val = None
