@@ -27,7 +27,7 @@ TINY_RUNTIME = {
 }
 
 
-def write_tiny_mnist(root: Path, n_train: int = 700, n_test: int = 200) -> None:
+def write_tiny_mnist(root: Path, n_train: int = 1600, n_test: int = 300) -> None:
     """MNIST's files (``MNIST/raw/*-ubyte``, IDX) holding real MNIST digits: the first images of mnist5k."""
     from qgen.data.mnist5k import mnist5k_path, read_mnist5k
     from tests.test_datasets import write_idx
@@ -46,8 +46,8 @@ def tiny_paper_config(mnist_root: Path) -> dict:
     bc = yaml.safe_load((REPO / "config/paper/binaryconnect.yaml").read_text())["experiments"]["bc_pi_mnist"]
     bc["base"]["model"].update(depth=2, width=32)
     bc["base"]["data"]["val_size"] = 100
-    bc["base"]["optim"].update(lr=0.01, lr_final=0.0001)
-    bc["base"]["train"]["max_epochs"] = 3
+    bc["base"]["optim"].update(lr=0.01, lr_final=0.001)
+    bc["base"]["train"]["max_epochs"] = 4
     bc["seeds"] = [0, 1]
     lp = yaml.safe_load((REPO / "config/paper/low_precision.yaml").read_text())["experiments"][
         "lowprec_pi_mnist"
