@@ -189,12 +189,7 @@ def _check_combination(spec: dict[str, Any]) -> None:
         raise ConfigError("optim.max_col_norm applies to model maxout only")
 
 
-#: training augmentation the papers use with convolutional models (data.augment unset); the
-#: permutation-invariant models (PERMUTATION_INVARIANT) and every other dataset get none
-CONV_AUGMENT: dict[str, dict[str, Any]] = {
-    "cifar10": {"crop_padding": 4, "flip": True},
-    "cifar100": {"crop_padding": 4, "flip": True},
-}
+#: models that see their input as a vector: no image augmentation (the dataset's default is for the others)
 PERMUTATION_INVARIANT = ("mlp", "maxout")
 
 
@@ -207,7 +202,10 @@ def _normalize_data(spec: dict[str, Any]) -> None:
     data, train = spec["data"], spec["train"]
     default = None
     if spec["model"]["name"] not in PERMUTATION_INVARIANT:
-        default = CONV_AUGMENT.get(data["name"])
+        from qgen.data.registry import get  # torch-free
+
+        augment_default = get(data["name"]).augment_default
+        default = dict(augment_default) if augment_default is not None else None
     augment = data.get("augment", default)
     if isinstance(augment, dict):
         augment = {

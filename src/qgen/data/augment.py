@@ -47,8 +47,9 @@ class Augment:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> Augment | None:
-        """The augmentation of a spec ``{"crop_padding": p, "flip": bool}``; None when it does nothing."""
-        if spec is None:
+        """The augmentation of a spec ``{"crop_padding": p, "flip": bool}`` (or ``"none"``, as a run spec
+        writes it off against an augmenting default); None when it does nothing."""
+        if spec is None or spec == "none":
             return None
         if not isinstance(spec, Mapping):
             raise ValueError(f"augment must be a mapping with keys {list(SPEC_KEYS)}, got {spec!r}")

@@ -21,6 +21,8 @@ iterating it twice gives the same batches.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -89,16 +91,48 @@ class Standardize:
         if len(self.mean) == 1:
             return (x - self.mean[0]) / self.std[0]
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        mean = _per_channel(self.mean, x.device, x.dtype).reshape(shape)
+        std = _per_channel(self.std, x.device, x.dtype).reshape(shape)
         return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _per_channel(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The per-channel constants on a device, made once (not a host-to-device copy per batch)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class TensorSplit:
+class IndexView:
+    """A split that may be a view of part of its examples: ``index`` holds their positions (None: all).
+
+    Subclasses keep every example's labels on the CPU in ``_labels_all``; a view shares the examples."""
+
+    index: torch.Tensor | None
+    _labels_all: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(self._labels_all)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels_all[self.index] if self.index is not None else self._labels_all
+
+    def _set_index(self, index: torch.Tensor | None) -> None:
+        self.index = index.to(torch.int64).cpu() if index is not None else None
+
+    def subset(self, positions: torch.Tensor):
+        """The split restricted to ``positions`` (a view: no copy of the examples)."""
+        positions = positions.to(torch.int64).cpu()
+        view = copy.copy(self)
+        view._set_index(self.index[positions] if self.index is not None else positions)
+        return view
+
+
+class TensorSplit(IndexView):
     """Examples held whole on one device, read in normalized (and, for training, augmented) batches.
 
     ``x`` is stored as prepared (uint8 pixels for image sets: CIFAR-10's training set is 150 MB, not
@@ -120,26 +154,12 @@ class TensorSplit:
         device = torch.device(device) if device is not None else x.device
         self.x, self.y = x.to(device), y.to(device)
         self._labels_all = y.to("cpu")
-        self.index = index.to(torch.int64) if index is not None else None
-        self._index_dev = self.index.to(device) if self.index is not None else None
         self.preprocess, self.augment, self.device = preprocess, augment, device
+        self._set_index(index)
 
-    def __len__(self) -> int:
-        return len(self.index) if self.index is not None else len(self.y)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels_all[self.index] if self.index is not None else self._labels_all
-
-    def subset(self, positions: torch.Tensor) -> TensorSplit:
-        """The split restricted to ``positions`` (a view: no copy of the examples)."""
-        positions = positions.to(torch.int64).cpu()
-        index = self.index[positions] if self.index is not None else positions
-        view = TensorSplit.__new__(TensorSplit)
-        view.x, view.y, view._labels_all = self.x, self.y, self._labels_all
-        view.index, view._index_dev = index, index.to(self.device)
-        view.preprocess, view.augment, view.device = self.preprocess, self.augment, self.device
-        return view
+    def _set_index(self, index: torch.Tensor | None) -> None:
+        super()._set_index(index)
+        self._index_dev = self.index.to(self.device) if self.index is not None else None
 
     def batches(
         self,

@@ -54,13 +54,10 @@ __all__ = [
 ]
 
 
-@dataclass
-class PreparedData:
-    name: str
-    train: dict[str, Any]
-    test: dict[str, Any]
+class MetaView:
+    """What a dataset's ``meta.json`` (the ``meta`` attribute) says of it."""
+
     meta: dict[str, Any]
-    directory: Path | None = None
 
     @property
     def checksum(self) -> str:
@@ -73,6 +70,15 @@ class PreparedData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input_shape"])
+
+
+@dataclass
+class PreparedData(MetaView):
+    name: str
+    train: dict[str, Any]
+    test: dict[str, Any]
+    meta: dict[str, Any]
+    directory: Path | None = None
 
     @property
     def kind(self) -> str:

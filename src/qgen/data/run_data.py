@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from qgen.data.batches import Split, Standardize, TensorSplit, class_counts, stratified_holdout
-from qgen.data.prepared import PreparedData
+from qgen.data.prepared import MetaView, PreparedData
 
 #: run-spec ``data`` keys that select from a prepared set rather than prepare it (never checked
 #: against the preparation settings in meta.json)
@@ -27,7 +27,7 @@ RUN_KEYS = ("val_size", "val_seed", "augment")
 
 
 @dataclass
-class RunData:
+class RunData(MetaView):
     """A run's splits (normalized batches on its device) and the prepared set's description."""
 
     name: str
@@ -35,18 +35,6 @@ class RunData:
     train: Split
     test: Split
     val: Split | None = None
-
-    @property
-    def checksum(self) -> str:
-        return self.meta["checksum"]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.meta["input_shape"])
 
     @property
     def m(self) -> int:
@@ -86,16 +74,18 @@ def open_run_data(
 
         return open_folder_run_data(prepared, data_spec, device, workers)
     preprocess = preprocess_for(prepared, Path(directory) if directory is not None else None)
-    augment_spec = data_spec.get("augment")
-    augment = Augment.from_spec(None if augment_spec == "none" else augment_spec)
+    augment = Augment.from_spec(data_spec.get("augment"))
     tr, te = prepared.train, prepared.test
     full = TensorSplit(tr["x"], tr["y"], preprocess, augment=augment, device=device)
-    val = None
-    val_size = int(data_spec.get("val_size", 0))
-    if val_size:
-        kept, held = stratified_holdout(tr["y"], val_size, int(data_spec.get("val_seed", 0)))
-        train, val = full.subset(kept), full.subset(held)
-    else:
-        train = full
     test = TensorSplit(te["x"], te["y"], preprocess, device=device)
-    return RunData(prepared.name, prepared.meta, train, test, val)
+    return with_validation(prepared, full, test, data_spec)
+
+
+def with_validation(prepared: PreparedData, full: Any, test: Split, data_spec: dict[str, Any]) -> RunData:
+    """The run's data from the whole prepared training split ``full`` (a split with ``subset``): with
+    ``data.val_size``, that many examples held out of it as the validation split (seeded, stratified)."""
+    val_size = int(data_spec.get("val_size", 0))
+    if not val_size:
+        return RunData(prepared.name, prepared.meta, full, test)
+    kept, held = stratified_holdout(full.labels, val_size, int(data_spec.get("val_seed", 0)))
+    return RunData(prepared.name, prepared.meta, full.subset(kept), test, full.subset(held))

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from qgen.data.batches import Batch, Preprocess, Standardize, augment_generator, stratified_holdout
+from qgen.data.batches import Batch, IndexView, Preprocess, Standardize, augment_generator
 
 
-class FolderSplit:
+class FolderSplit(IndexView):
     """A split of a prepared folder set (files relative to ``root``, labels ``y``), read in batches."""
 
     def __init__(
@@ -38,24 +38,10 @@ class FolderSplit:
         workers: int = 8,
         prefetch: int = 2,
     ) -> None:
-        self.root, self.files, self.y = root, files, y.to(torch.int64).cpu()
-        self.index = index.to(torch.int64).cpu() if index is not None else None
+        self.root, self.files, self._labels_all = root, files, y.to(torch.int64).cpu()
         self.preprocess, self.can_augment = preprocess, augment
         self.device, self.workers, self.prefetch = torch.device(device), workers, prefetch
-
-    def __len__(self) -> int:
-        return len(self.index) if self.index is not None else len(self.y)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.y[self.index] if self.index is not None else self.y
-
-    def subset(self, positions: torch.Tensor) -> FolderSplit:
-        positions = positions.to(torch.int64).cpu()
-        view = FolderSplit.__new__(FolderSplit)
-        view.__dict__.update(self.__dict__)
-        view.index = self.index[positions] if self.index is not None else positions
-        return view
+        self._set_index(index)
 
     def batches(
         self,
@@ -73,7 +59,7 @@ class FolderSplit:
         rows = self.index[positions] if self.index is not None else positions
         transform = train_transform() if augment and self.can_augment else eval_transform()
         loader = torch.utils.data.DataLoader(
-            ImageFiles(self.root, self.files, self.y, transform),
+            ImageFiles(self.root, self.files, self._labels_all, transform),
             batch_size=batch_size,
             sampler=rows.tolist(),
             num_workers=self.workers,
@@ -91,7 +77,7 @@ def open_folder_run_data(
     prepared: Any, data_spec: dict[str, Any], device: torch.device | str, workers: int = 8
 ):
     """A run's splits of a prepared folder set (see qgen.data.run_data.open_run_data)."""
-    from qgen.data.run_data import RunData
+    from qgen.data.run_data import with_validation
 
     meta = prepared.meta
     norm = Standardize.from_meta(meta["normalization"])
@@ -100,9 +86,4 @@ def open_folder_run_data(
     test = FolderSplit(
         meta["root"], te["files"], te["y"], norm, augment=False, device=device, workers=workers
     )
-    val = None
-    val_size = int(data_spec.get("val_size", 0))
-    if val_size:
-        kept, held = stratified_holdout(tr["y"], val_size, int(data_spec.get("val_seed", 0)))
-        full, val = full.subset(kept), full.subset(held)
-    return RunData(prepared.name, meta, full, test, val)
+    return with_validation(prepared, full, test, data_spec)
