@@ -133,6 +133,26 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained_file(spec: dict[str, Any], given: str | None) -> str | None:
+    """The weights file of a run that starts from pretrained weights: ``--pretrained``, else the workflow's
+    $QGEN_WEIGHT_FILES entry, else $QGEN_WEIGHTS/<name>.pth; an error naming all three if none is set."""
+    weights = spec["model"].get("pretrained")
+    if weights is None:
+        if given:
+            raise SystemExit(f"--pretrained {given}: the run spec has no model.pretrained")
+        return None
+    name = weights["name"]
+    path = given or json.loads(os.environ.get("QGEN_WEIGHT_FILES") or "{}").get(name)
+    if path is None and os.environ.get("QGEN_WEIGHTS"):
+        path = os.path.join(os.environ["QGEN_WEIGHTS"], f"{name}.pth")
+    if path is None:
+        raise SystemExit(
+            f"the run starts from pretrained weights {name!r}, but no file is given: set weights.{name}.path "
+            f"in the config, put the file at $QGEN_WEIGHTS/{name}.pth, or pass --pretrained FILE"
+        )
+    return path
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (resuming from the run's checkpoint), write model.pt, evaluate into --out-metrics and measure
     into --measure-cache; the final training checkpoint is deleted only after all of them are written,
@@ -156,8 +176,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.measure_cache:  # measures of an older model file of this run: this job writes a new one
         Path(args.measure_cache).unlink(missing_ok=True)
     t0 = time.perf_counter()
+    pretrained = _pretrained_file(spec, args.pretrained)
     with preemption.exit_on_signal("training", f"run the same command again to resume from {ckpt}"):
-        model, init_state, result = train_run(spec, data, out_dir, run_cfg, device, log_path=args.out_log)
+        model, init_state, result = train_run(
+            spec, data, out_dir, run_cfg, device, log_path=args.out_log, pretrained=pretrained
+        )
     kept = f"the finished training is kept in {ckpt}: run the same command again to finish without retraining"
     with preemption.exit_on_signal(f"{rid}: evaluating and measuring", kept):
         prov = _provenance(
@@ -240,6 +263,7 @@ def evaluate_model_file(
             "fit": fit,
             "metrics": metrics,
             "precision": precision_record(payload["spec"]),
+            "quantization": getattr(model, "qgen_quantization", None),
             "spec": payload["spec"],
             "provenance": prov,
         },
@@ -485,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-log", required=True)
     p.add_argument("--out-metrics", help="also evaluate the trained model into this metrics.json")
     p.add_argument("--measure-cache", help="also measure (settings from $QGEN_MEASURES) into this cache file")
+    p.add_argument(
+        "--pretrained", help="the file of the spec's model.pretrained weights (else $QGEN_WEIGHT_FILES)"
+    )
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 

@@ -69,9 +69,21 @@ def bits_label(spec: dict[str, Any]) -> str:
     return precision_record(spec)["label"]
 
 
+def arch_label(model: dict[str, Any]) -> str:
+    """The architecture field of a run id: ``mlp2x64``, ``resnet20``, ``preresnet20``, ``resnet18``,
+    ``mobilenetv2``, ``vit6x192``, ``deittiny`` (lower-case letters and digits only)."""
+    name = model["name"]
+    if name in LEGACY_MODELS or name == "vit":
+        return f"{name}{model['depth']}x{model['width']}"
+    if name == "resnet_cifar":
+        width = "" if model.get("width", 16) == 16 else f"x{model['width']}"
+        return f"{'pre' if model.get('preact') else ''}resnet{model['depth']}{width}"
+    return name.replace("_", "")
+
+
 def run_id(spec: dict[str, Any]) -> str:
     model = spec["model"]
-    arch = f"{model['name']}{model['depth']}x{model['width']}"
+    arch = arch_label(model)
     rid = f"{spec['data']['name']}-{arch}-{quant_label(spec['quant'])}-{spec_hash(spec)[:8]}"
     if not is_run_id(rid):
         raise ConfigError(
@@ -112,6 +124,9 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "first_layer": "8bit",
         "last_layer": "8bit",
         "grid": None,
+        "first_layer_names": None,
+        "last_layer_names": None,
+        "attention": None,
     },
     "lsq": {
         "weight_bits": None,
@@ -119,6 +134,9 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "per_channel": None,
         "first_layer": "8bit",
         "last_layer": "8bit",
+        "first_layer_names": None,
+        "last_layer_names": None,
+        "attention": None,
     },
     "binary": {
         "stochastic": False,
@@ -127,6 +145,8 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "test_time": None,
         "first_layer": "same",
         "last_layer": "same",
+        "first_layer_names": None,
+        "last_layer_names": None,
     },
     "half": {},
     "fixed": {"prop_bits": None, "update_bits": None, "initial_range": 5},
@@ -141,7 +161,10 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
 }
 #: quant keys added after run ids were frozen, with the default that is dropped from the spec when
 #: spelled out (as for MODEL_KEYS), so existing specs keep their run ids
-QUANT_OMITTED_DEFAULTS: dict[str, dict[str, Any]] = {"uniform": {"grid": "symmetric"}}
+QUANT_OMITTED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "uniform": {"grid": "symmetric", "attention": False},
+    "lsq": {"attention": False},
+}
 #: model keys per architecture (beyond name, depth, width, dropout) with their defaults; a value equal
 #: to a default that the spec may omit is dropped, so spelling a default out never splits run ids
 MODEL_KEYS: dict[str, dict[str, Any]] = {
@@ -156,9 +179,31 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "nin": {"base_width": None},
     "vgg": {"fc_width": 1024, "bn_momentum": 0.1, "bn_eps": 1e-05},
     "maxout": {"pieces": 5, "input_dropout": 0.2},
+    # the families quantized by module replacement list every key they read (no common keys); None:
+    # required (resnet_cifar depth) or optional without default (pretrained)
+    "resnet_cifar": {"depth": None, "width": 16, "preact": False, "shortcut": "A", "pretrained": None},
+    "resnet18": {"stem": "imagenet", "pretrained": None},
+    "resnet50": {"stem": "imagenet", "pretrained": None},
+    "mobilenet_v2": {"stem": "imagenet", "width_mult": 1.0, "dropout": 0.2, "pretrained": None},
+    "vit": {
+        "depth": 9,
+        "width": 192,
+        "heads": 3,
+        "patch_size": 4,
+        "mlp_ratio": 4,
+        "dropout": 0.0,
+        "drop_path": 0.0,
+        "pretrained": None,
+    },
+    "deit_tiny": {"dropout": 0.0, "drop_path": 0.0, "pretrained": None},
+    "vit_small": {"dropout": 0.0, "drop_path": 0.0, "pretrained": None},
 }
+#: the models defined before module replacement: they read MODEL_COMMON_KEYS, defaults below
+LEGACY_MODELS = ("mlp", "nin", "vgg", "maxout")
+LEGACY_DEFAULTS: dict[str, Any] = {"depth": 2, "width": 64, "dropout": 0.0}
 #: models that keep their defaulted keys explicitly in the spec (no run ids to preserve)
-EXPLICIT_DEFAULTS = ("maxout",)
+EXPLICIT_DEFAULTS = tuple(m for m in MODEL_KEYS if m not in LEGACY_MODELS or m == "maxout")
+VIT_MODELS = ("vit", "deit_tiny", "vit_small")
 ARITHMETIC_METHODS = ("float", "half", "fixed", "dynamic_fixed")
 
 
@@ -180,6 +225,16 @@ def _check_combination(spec: dict[str, Any]) -> None:
         )
     if method in ("fixed", "dynamic_fixed") and ("prop_bits" not in quant or "update_bits" not in quant):
         raise ConfigError(f"quant.method {method} needs quant.prop_bits and quant.update_bits")
+    if quant.get("attention") and model not in VIT_MODELS:
+        raise ConfigError(f"quant.attention quantizes a ViT's attention; model {model} has none")
+    if model == "resnet_cifar":
+        depth = spec["model"].get("depth")
+        if depth is None or (depth - 2) % 6:
+            raise ConfigError(f"model resnet_cifar needs model.depth = 6n+2 (20, 32, 56, 110), got {depth}")
+    if model == "vit":
+        width, heads = spec["model"].get("width", 192), spec["model"].get("heads", 3)
+        if width % heads:
+            raise ConfigError(f"model vit: width {width} is not divisible by heads {heads}")
     if method == "binary" and "8bit" in (quant.get("first_layer"), quant.get("last_layer")):
         raise ConfigError("quant.method binary: first_layer/last_layer may be same or float, not 8bit")
     optim = spec["optim"]
@@ -254,13 +309,17 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
             spec["quant"].pop(key)
     model = spec["model"]
     name = model["name"]
-    keep = {"name", "depth", "width", "dropout", *MODEL_KEYS[name]}
+    if name in LEGACY_MODELS:
+        for key, default in LEGACY_DEFAULTS.items():
+            model.setdefault(key, default)
+    keep = {"name", *MODEL_KEYS[name]} | (set(MODEL_COMMON_KEYS) if name in LEGACY_MODELS else set())
     for key in list(model):
         if key not in keep:
             model.pop(key)
     for key, default in MODEL_KEYS[name].items():
         if name in EXPLICIT_DEFAULTS:
-            model.setdefault(key, default)
+            if default is not None:
+                model.setdefault(key, default)
         elif key in model and default is not None and canonicalize(model[key]) == canonicalize(default):
             model.pop(key)
     optim = spec["optim"]
@@ -271,9 +330,11 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
         optim.pop("lr_final", None)
     if optim["schedule"] != "linear":
         optim.pop("lr_saturate", None)
-    if optim["name"] == "adam":
+    if optim["name"] in ("adam", "adamw"):
         for key in ("momentum", "momentum_final", "momentum_saturate"):
             optim.pop(key, None)
+    if optim.get("warmup_epochs") == 0:
+        optim.pop("warmup_epochs")
     if "momentum_final" not in optim:
         optim.pop("momentum_saturate", None)
     if spec["train"].get("loss") == "ce":
@@ -305,11 +366,13 @@ def key_applies(spec: dict[str, Any], key: str) -> bool:
     section, _, leaf = key.partition(".")
     if section == "quant":
         method = spec["quant"]["method"]
+        if leaf == "attention" and spec["model"]["name"] not in VIT_MODELS:
+            return False
         return leaf == "method" or leaf in QUANT_KEYS[method]
     name = spec["model"]["name"]
     if leaf in MODEL_IGNORED_KEYS.get(name, ()):
         return False
-    return leaf in MODEL_COMMON_KEYS or leaf in MODEL_KEYS[name]
+    return leaf == "name" or (leaf in MODEL_COMMON_KEYS and name in LEGACY_MODELS) or leaf in MODEL_KEYS[name]
 
 
 def _selector(key: str) -> str:
@@ -323,7 +386,11 @@ def _owners(key: str) -> list[str]:
     section, _, leaf = key.partition(".")
     if section == "quant":
         return [m for m, keys in QUANT_KEYS.items() if leaf in keys]
-    return [m for m, keys in MODEL_KEYS.items() if leaf in keys]
+    return [
+        m
+        for m, keys in MODEL_KEYS.items()
+        if leaf in keys or (leaf in MODEL_COMMON_KEYS and m in LEGACY_MODELS)
+    ]
 
 
 def _written_keys(key: str, value: Any, where: str, out: dict[str, str]) -> None:
@@ -366,7 +433,33 @@ def _check_written_keys(spec: dict[str, Any], written: dict[str, str]) -> None:
         raise ConfigError(f"{key} (set in {where}) does not apply to {selector} {chosen}{hint}")
 
 
-def expand_experiment(name: str, experiment: dict[str, Any], datasets: dict[str, Any]) -> list[Run]:
+def weights_spec(name: str, weights: dict[str, Any]) -> dict[str, Any]:
+    """What a run spec carries of the pretrained weights ``name`` (config ``weights.<name>``): the name, the
+    file's sha256 and the excluded keys; never the path."""
+    if name not in weights:
+        known = ", ".join(sorted(weights)) or "none"
+        raise ConfigError(f"model.pretrained: {name!r} is not an entry of the config's weights ({known})")
+    entry = weights[name]
+    out = {"name": name, "sha256": entry["sha256"]}
+    if entry.get("exclude"):
+        out["exclude"] = sorted(entry["exclude"])
+    return out
+
+
+def weights_path(config: dict[str, Any], name: str) -> str | None:
+    """The file of pretrained weights ``name``: ``weights.<name>.path``, else ``$QGEN_WEIGHTS/<name>.pth``,
+    else None (the run then fails with a message saying so)."""
+    import os
+
+    path = ((config.get("weights") or {}).get(name) or {}).get("path")
+    if path is None and os.environ.get("QGEN_WEIGHTS"):
+        path = os.path.join(os.environ["QGEN_WEIGHTS"], f"{name}.pth")
+    return path
+
+
+def expand_experiment(
+    name: str, experiment: dict[str, Any], datasets: dict[str, Any], weights: dict[str, Any] | None = None
+) -> list[Run]:
     """All runs of one experiment: the cartesian product of its grid axes, times its seeds.
 
     Refused with a ConfigError naming the experiment and the grid point: a run that is not a valid,
@@ -397,6 +490,12 @@ def expand_experiment(name: str, experiment: dict[str, Any], datasets: dict[str,
                 if isinstance(data, dict) and data.get("name") in datasets:
                     spec["data"] = {**datasets[data["name"]], **data}
                 point = dict(zip(keys, values, strict=True))
+                pretrained = (spec.get("model") or {}).get("pretrained")
+                if isinstance(pretrained, str):
+                    try:
+                        spec["model"]["pretrained"] = weights_spec(pretrained, weights or {})
+                    except ConfigError as err:
+                        raise ConfigError(f"experiment {name!r} at grid point {point}: {err}") from None
                 if len(variants) > 1:
                     point = {"variant": v, **point}
                 where = f"run spec of experiment {name!r} at grid point {point}"
@@ -424,7 +523,7 @@ def expand_config(config: dict[str, Any]) -> dict[str, list[Run]]:
     datasets = _dataset_defaults(config)
     out: dict[str, list[Run]] = {}
     for name, experiment in config["experiments"].items():
-        runs = expand_experiment(name, experiment, datasets)
+        runs = expand_experiment(name, experiment, datasets, config.get("weights") or {})
         unique: dict[str, Run] = {}
         for run in runs:
             unique.setdefault(run.run_id, run)

@@ -7,7 +7,14 @@ import sys
 from snakemake.utils import min_version
 
 from qgen.config import validate_config
-from qgen.experiments import DATASET_PATTERN, RUN_ID_PATTERN, all_runs, dataset_entry, runs_table
+from qgen.experiments import (
+    DATASET_PATTERN,
+    RUN_ID_PATTERN,
+    all_runs,
+    dataset_entry,
+    runs_table,
+    weights_path,
+)
 
 min_version("9.0")
 
@@ -30,6 +37,12 @@ os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
 # cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
 MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
 os.environ["QGEN_MEASURES"] = MEASURES_JSON
+# Where each pretrained weights file is (config weights.<name>.path, else $QGEN_WEIGHTS/<name>.pth): through
+# the environment too, so moving a file never retrains; the run spec carries the file's sha256, checked
+# before loading.
+os.environ["QGEN_WEIGHT_FILES"] = json.dumps(
+    {name: weights_path(config, name) for name in config["weights"]}, sort_keys=True
+)
 
 
 # Cluster resources: what each job asks the scheduler for (config.resources, config.cluster). They are
@@ -67,6 +80,7 @@ envvars:
     "PATH",
     "QGEN_RUNTIME",
     "QGEN_MEASURES",
+    "QGEN_WEIGHT_FILES",
 
 
 wildcard_constraints:

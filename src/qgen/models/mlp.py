@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from qgen.quant import QuantLinear, layer_quant
-
 
 class MLP(nn.Module):
-    """flatten → (Dropout) → [QuantLinear → (BatchNorm1d) → ReLU → (Dropout)] × depth → QuantLinear
-    → (BatchNorm1d).
+    """flatten → (Dropout) → [Linear → (BatchNorm1d) → ReLU → (Dropout)] × depth → Linear → (BatchNorm1d).
 
-    The first layer's input is the standardized image (signed); later inputs follow a ReLU
-    (unsigned), which sets the activation quantizers' integer ranges. BinaryConnect's MLP
+    A float definition, quantized by :func:`qgen.quant.replace.quantize_model` (the first layer's input is
+    the standardized image, signed; later inputs follow a ReLU, unsigned). BinaryConnect's MLP
     (reference code mnist.py) is ``batch_norm`` + ``output_batch_norm`` with its BN settings
     (ε = 1e-4, moving-average factor 0.15) and optional input dropout.
     ``init: glorot`` draws weights from Glorot's uniform distribution with zero biases (Lasagne's
     default, the reference code's float baseline) instead of PyTorch's default initialization;
-    quantizers with their own initialization (BinaryConnect: U(−H, H)) keep theirs.
+    quantizers with their own initialization (BinaryConnect: U(−H, H)) redraw the weights when the
+    model is quantized.
     """
 
     def __init__(
@@ -29,7 +25,6 @@ class MLP(nn.Module):
         num_classes: int,
         depth: int,
         width: int,
-        quant: dict[str, Any],
         dropout: float = 0.0,
         batch_norm: bool = False,
         *,
@@ -44,12 +39,9 @@ class MLP(nn.Module):
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
         fan_in = in_features
-        linears: list[QuantLinear] = []
-        for i in range(depth):
-            position = "first" if i == 0 else "middle"
-            linear = QuantLinear(
-                fan_in, width, bias=not batch_norm, quant=layer_quant(quant, position, i == 0)
-            )
+        linears: list[nn.Linear] = []
+        for _ in range(depth):
+            linear = nn.Linear(fan_in, width, bias=not batch_norm)
             layers.append(linear)
             linears.append(linear)
             if batch_norm:
@@ -58,7 +50,7 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             fan_in = width
-        last = QuantLinear(fan_in, num_classes, quant=layer_quant(quant, "last", depth == 0))
+        last = nn.Linear(fan_in, num_classes)
         layers.append(last)
         linears.append(last)
         if output_batch_norm:
@@ -67,8 +59,7 @@ class MLP(nn.Module):
         if init == "glorot":
             with torch.no_grad():
                 for linear in linears:
-                    if not hasattr(linear.weight_quant, "init_weight"):
-                        nn.init.xavier_uniform_(linear.weight)
+                    nn.init.xavier_uniform_(linear.weight)
                     if linear.bias is not None:
                         linear.bias.zero_()
         elif init != "torch":

@@ -2,10 +2,12 @@
 
 ``layer_precisions(spec)`` lists, per layer (``fc1``, ``conv3``, ... in forward order), the bit width of
 its weights and of its activations, from the architecture and the quant section's first/last-layer
-policy. It mirrors how the models build their layers (``qgen.quant.registry.layer_quant``) without
+policy. It mirrors how module replacement quantizes the layers (``qgen.quant.replace``) without
 building a network, so the workflow can check thousands of specs without importing torch;
 tests/test_models.py checks that the plan equals the built model's quantizers for every model ×
-quantizer × policy. Conventions:
+quantizer × policy. The families of ``FAMILY_ENDS`` (and any quant section that names its first/last
+layers) get a summarized plan: the end layers by module name and ``*`` for every layer between them;
+metrics.json's ``quantization`` lists every module of the built model. Conventions:
 
 - float weights count as 32 bits; ``act_bits`` is None where activations stay float;
 - uniform/LSQ: a layer's activations are the inputs its quantizer rounds (the ``8bit`` policy puts
@@ -51,9 +53,38 @@ class LayerPrecision:
         return f"{self.layer}:w{self.weight_bits}a{act}"
 
 
-def layer_positions(model: dict[str, Any]) -> list[tuple[str, str]]:
-    """(name, position) of every weighted layer of the model section, in forward order."""
-    name, depth = model["name"], int(model["depth"])
+#: first and last weighted layer (module names) of the families quantized by module replacement, whose
+#: plans list those two and ``*`` for every other conv/linear layer (metrics.json's ``quantization`` lists
+#: each module); tests/test_model_families.py checks the names against each built model's graph
+FAMILY_ENDS: dict[str, tuple[str, str]] = {
+    "resnet_cifar": ("conv1", "fc"),
+    "resnet18": ("conv1", "fc"),
+    "resnet50": ("conv1", "fc"),
+    "mobilenet_v2": ("features.0.0", "classifier.1"),
+    "vit": ("patch_embed.proj", "head"),
+    "deit_tiny": ("patch_embed.proj", "head"),
+    "vit_small": ("patch_embed.proj", "head"),
+}
+#: the plan's name for every layer between the ends
+MIDDLE = "*"
+
+
+def layer_positions(model: dict[str, Any], quant: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(name, position) of every weighted layer of the model section, in forward order; for the families of
+    FAMILY_ENDS, and wherever ``quant`` names its first/last layers, the ends and ``*`` for the rest."""
+    name = model["name"]
+    quant = quant or {}
+    if name in FAMILY_ENDS or quant.get("first_layer_names") or quant.get("last_layer_names"):
+        ends = FAMILY_ENDS.get(name)
+        first = quant.get("first_layer_names") or ([ends[0]] if ends else [])
+        last = quant.get("last_layer_names") or ([ends[1]] if ends else [])
+        if not first or not last:
+            raise ValueError(
+                f"model {name}: quant.first_layer_names and last_layer_names go together (its layers are "
+                "named by the module structure, e.g. net.1)"
+            )
+        return [*((n, "first") for n in first), (MIDDLE, "middle"), *((n, "last") for n in last)]
+    depth = int(model["depth"])
 
     def position(i: int) -> str:
         return "first" if i == 0 else "middle"
@@ -66,7 +97,7 @@ def layer_positions(model: dict[str, Any]) -> list[tuple[str, str]]:
     if name == "vgg":  # depth stages of two 3x3 convs, two dense hidden layers, the classifier
         convs = [(f"conv{i + 1}", position(i)) for i in range(2 * depth)]
         return [*convs, ("fc1", "middle"), ("fc2", "middle"), ("fc3", "last")]
-    raise ValueError(f"unknown model {name!r}; known: mlp, nin, vgg, maxout")
+    raise ValueError(f"unknown model {name!r}; known: mlp, nin, vgg, maxout, {', '.join(FAMILY_ENDS)}")
 
 
 def layer_bits(quant: dict[str, Any], position: str) -> tuple[int, int | None]:
@@ -96,7 +127,7 @@ def layer_precisions(spec: dict[str, Any]) -> list[LayerPrecision]:
     quant = spec["quant"]
     return [
         LayerPrecision(name, position, *layer_bits(quant, position))
-        for name, position in layer_positions(spec["model"])
+        for name, position in layer_positions(spec["model"], quant)
     ]
 
 
@@ -153,10 +184,15 @@ def unused_request(spec: dict[str, Any]) -> str | None:
             )
             return (
                 f"no layer computes at the requested {request}: the layers would be "
-                f"{' '.join(p.compact for p in plan)} ({policy}; a {spec['model']['name']} of depth "
-                f"{spec['model']['depth']} has {len(plan)} weighted layers)"
+                f"{' '.join(p.compact for p in plan)} ({policy}; {_layers_of(spec['model'], plan)})"
             )
     return None
+
+
+def _layers_of(model: dict[str, Any], plan: list[LayerPrecision]) -> str:
+    if any(p.layer == MIDDLE for p in plan):
+        return f"{MIDDLE} stands for every layer of the {model['name']} between its ends"
+    return f"a {model['name']} of depth {model['depth']} has {len(plan)} weighted layers"
 
 
 _LABEL_RE = re.compile(r"^(?:w(\d+)a(\d+|fp)|(\d+))$")

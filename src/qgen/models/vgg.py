@@ -3,18 +3,15 @@
 ``depth`` stages of [conv3×3 → BN → ReLU → conv3×3 → max-pool 2 → BN → ReLU] with width·2^stage
 channels (CIFAR-10: width 128, i.e. 2×128C3−MP2−2×256C3−MP2−2×512C3−MP2), then two fully connected
 layers of ``fc_width`` units (1024) with BN and ReLU, and the output layer followed by BN (no ReLU),
-as the squared hinge loss of the paper expects. Convolutions are padded ("same"); every conv and
-dense layer is quantized per the run spec (BinaryConnect binarizes all of them).
+as the squared hinge loss of the paper expects. Convolutions are padded ("same"). A float definition:
+:func:`qgen.quant.replace.quantize_model` quantizes every conv and dense layer per the run spec
+(BinaryConnect binarizes all of them).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
-
-from qgen.quant import QuantConv2d, QuantLinear, layer_quant
 
 
 class VGG(nn.Module):
@@ -24,7 +21,6 @@ class VGG(nn.Module):
         num_classes: int,
         depth: int,
         width: int,
-        quant: dict[str, Any],
         fc_width: int = 1024,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
@@ -42,11 +38,9 @@ class VGG(nn.Module):
         cin = c
         for stage in range(depth):
             cout = width * 2**stage
-            first = layer_quant(quant, "first" if stage == 0 else "middle", input_signed=stage == 0)
-            middle = layer_quant(quant, "middle", input_signed=False)
-            layers += [QuantConv2d(cin, cout, 3, padding=1, quant=first), bn2(cout), nn.ReLU()]
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), bn2(cout), nn.ReLU()]
             layers += [
-                QuantConv2d(cout, cout, 3, padding=1, quant=middle),
+                nn.Conv2d(cout, cout, 3, padding=1),
                 nn.MaxPool2d(2),
                 bn2(cout),
                 nn.ReLU(),
@@ -57,11 +51,10 @@ class VGG(nn.Module):
         layers.append(nn.Flatten())
         fan_in = cin * h * w
         for _ in range(2):
-            q = layer_quant(quant, "middle", input_signed=False)
-            layers += [QuantLinear(fan_in, fc_width, quant=q), bn1(fc_width), nn.ReLU()]
+            layers += [nn.Linear(fan_in, fc_width), bn1(fc_width), nn.ReLU()]
             fan_in = fc_width
         layers += [
-            QuantLinear(fan_in, num_classes, quant=layer_quant(quant, "last", False)),
+            nn.Linear(fan_in, num_classes),
             bn1(num_classes),
         ]
         self.net = nn.Sequential(*layers)

@@ -27,16 +27,19 @@ class QuantModule(nn.Module):
     input_quant: nn.Module
     quant_attrs: tuple[str, ...] = ("weight_quant", "input_quant")
 
-    def _setup_quant(self, quant: LayerQuant | None) -> None:
+    def _setup_quant(self, quant: LayerQuant | None, init_weight: bool = True) -> None:
+        """Build the layer's quantizers; ``init_weight`` lets a quantizer with its own initialization
+        (BinaryConnect: uniform in [−H, H]) draw the weight (off for weights loaded from a file)."""
         self.quant = quant
         if quant is None:
             self.weight_quant, self.input_quant = nn.Identity(), nn.Identity()
-        else:
-            self.weight_quant = quant.weight_quantizer(tuple(self.weight.shape))
-            self.input_quant = quant.input_quantizer()
-            init_weight = getattr(self.weight_quant, "init_weight", None)
-            if init_weight is not None:  # e.g. BinaryConnect's uniform [−H, H] initialization
-                init_weight(self.weight)
+            return
+        self.weight_quant = quant.weight_quantizer(tuple(self.weight.shape)).to(self.weight.device)
+        self.input_quant = quant.input_quantizer().to(self.weight.device)
+        init = getattr(self.weight_quant, "init_weight", None)
+        if init is not None and init_weight:
+            with torch.no_grad():
+                init(self.weight)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with: Q(w) for a quantized layer, w otherwise."""
@@ -45,10 +48,26 @@ class QuantModule(nn.Module):
 
 class QuantLinear(nn.Linear, QuantModule):
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, quant: LayerQuant | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        quant: LayerQuant | None = None,
+        device: torch.device | str | None = None,
     ):
-        super().__init__(in_features, out_features, bias=bias)
-        self._setup_quant(quant)
+        super().__init__(in_features, out_features, bias=bias, device=device)
+        if self.weight.device.type != "meta":
+            self._setup_quant(quant)
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, quant: LayerQuant | None, init_weight: bool = True) -> QuantLinear:
+        """The quantized twin of ``layer``, sharing its parameters (no random draw unless the quantizer
+        initializes the weight itself)."""
+        twin = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        twin.weight, twin.bias = layer.weight, layer.bias
+        twin.train(layer.training)
+        twin._setup_quant(quant, init_weight)
+        return twin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
@@ -59,14 +78,51 @@ class QuantConv2d(nn.Conv2d, QuantModule):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | str | tuple[int, int] = 0,
         bias: bool = True,
         quant: LayerQuant | None = None,
+        *,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
     ):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
-        self._setup_quant(quant)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+        )
+        if self.weight.device.type != "meta":
+            self._setup_quant(quant)
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, quant: LayerQuant | None, init_weight: bool = True) -> QuantConv2d:
+        """The quantized twin of ``layer`` (every Conv2d setting kept), sharing its parameters."""
+        twin = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,  # type: ignore[arg-type]
+            stride=layer.stride,  # type: ignore[arg-type]
+            padding=layer.padding,  # type: ignore[arg-type]
+            bias=layer.bias is not None,
+            dilation=layer.dilation,  # type: ignore[arg-type]
+            groups=layer.groups,
+            padding_mode=layer.padding_mode,
+            device="meta",
+        )
+        twin.weight, twin.bias = layer.weight, layer.bias
+        twin.train(layer.training)
+        twin._setup_quant(quant, init_weight)
+        return twin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)

@@ -128,6 +128,7 @@ def train_run(
     device: torch.device,
     progress: bool | None = None,
     log_path: str | Path | None = None,
+    pretrained: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor], TrainResult]:
     """Train the run described by ``spec`` on ``data`` into ``out_dir`` (resuming from its checkpoint).
 
@@ -152,7 +153,17 @@ def train_run(
     val_examples = Examples(val, None, eval_batch) if val is not None else None
 
     torch.manual_seed(seed)
-    model = build_model(spec, data.input_shape, data.num_classes).to(device)
+    state = checkpoint.load(ckpt_path, device) if ckpt_path.exists() else None
+    if state is not None and state.get("spec_hash") != identity:
+        log.warning("ignoring %s: it belongs to another run spec", ckpt_path)
+        state = None
+    if spec["model"].get("pretrained") is not None and pretrained is None and state is None:
+        raise ValueError(
+            f"run starts from pretrained weights {spec['model']['pretrained']['name']!r}: give their file"
+        )
+    # QAT fine-tuning: pretrained weights load into the float model, before quantizer calibration
+    model = build_model(spec, data.input_shape, data.num_classes, pretrained if state is None else None)
+    model = model.to(device)
     optimizer = build_optimizer(model, optim_spec)
     batch_size = optim_spec["batch_size"]
     step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
@@ -163,10 +174,6 @@ def train_run(
     init_state: dict[str, torch.Tensor]
     best: dict[str, Any] | None = None  # train.select best_val: {"epoch", "val_error", "model"}
 
-    state = checkpoint.load(ckpt_path, device) if ckpt_path.exists() else None
-    if state is not None and state.get("spec_hash") != identity:
-        log.warning("ignoring %s: it belongs to another run spec", ckpt_path)
-        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
