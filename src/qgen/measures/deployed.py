@@ -3,10 +3,13 @@
 Two modes (``measures.perturb``):
 
 - ``effective`` (default): the model as deployed. Each quantized layer's weight is replaced by its
-  quantized value Q(w) (the weight quantizer becomes the identity), then BatchNorm is folded into
-  the preceding layer as the reference code of Jiang et al. does (``_reparam``):
-  W ← W·γ/√(σ²+ε) per output channel, b ← β + (b − μ)·γ/√(σ²+ε). Activation quantizers stay on,
-  with their trained steps. Perturbations act on these folded effective parameters.
+  quantized value Q(w) (the weight quantizer becomes the identity), then each BatchNorm that folds
+  exactly is folded into the conv/linear layer computing its input, as the reference code of Jiang et
+  al. does (``_reparam``): W ← W·γ/√(σ²+ε) per output channel, b ← β + (b − μ)·γ/√(σ²+ε). Which
+  BatchNorms fold is found from the model's fx graph (qgen.measures.folding: through max-pooling, in
+  attribute-style blocks such as torchvision's ResNet); the others stay, each with its reason, in
+  ``DeployedModel.batchnorm``. Activation quantizers stay on, with their trained steps.
+  Perturbations act on these folded effective parameters.
 - ``latent``: the real-valued weights before the weight quantizer; the quantizers stay in place, so a
   perturbation reaches the output only through Q(w + u). BatchNorm is not folded here (folding
   would change what is quantized); eval-mode BatchNorm is a fixed affine map.
@@ -18,21 +21,32 @@ perturbs them too.
 
 Two sets of tensors:
 
-- ``weights()``: the conv/linear weights, biases and BatchNorm parameters excluded, as the reference
-  code's ``get_weights_only``; every norm, bound and the Hessian use them.
+- ``weights()``: the weights of the conv/linear layers (qgen's quantized layers and torch's
+  ``Linear`` / convolutions, in module order), biases and BatchNorm parameters excluded, as the
+  reference code's ``get_weights_only``; every norm, bound and the Hessian use them.
 - ``perturbable(parameters)``, what the σ′ and α′ searches move (``measures.parameters``):
   ``all`` (default) is every parameter of the measured network except the quantizers' own (their
-  steps): weights, biases, the folded BatchNorms' unit scales and zero shifts, and in ``latent``
-  mode the unfolded BatchNorm scales and shifts. The reference code perturbs ``model.parameters()``
-  after ``_reparam`` in its PAC-Bayes search (nitarshan/robust-generalization-measures,
-  ``_perturbed_model``); ``perturbable("weights")`` is our alternative that perturbs the weights only.
+  steps, also those of attention's matrix-product quantizers): weights, biases, the folded BatchNorms'
+  unit scales and zero shifts, and in ``latent`` mode the unfolded BatchNorm scales and shifts. The
+  reference code perturbs ``model.parameters()`` after ``_reparam`` in its PAC-Bayes search
+  (nitarshan/robust-generalization-measures, ``_perturbed_model``); ``perturbable("weights")`` is our
+  alternative that perturbs the weights only.
+
+A ViT (timm ``VisionTransformer``): ``all`` perturbs every parameter but the quantizers' steps — the
+patch-embedding conv's weight and bias, the class token, the position embedding, every LayerNorm's γ
+and β, and the weights and biases of all linear layers (qkv, proj, MLP, head) — as the reference
+perturbs BatchNorm's γ and β; ``weights`` only the patch-embedding conv and linear weights, which are
+also the only tensors the Hessian and the norm measures see (but the path norm, which squares every
+parameter as the reference code does). It has no BatchNorm, so nothing folds.
+LayerNorm does not fold: its normalization uses each token's own statistics, and only its affine γ, β
+could go into the next linear layer, whose input quantizer sits between them (it would change what is
+quantized); it stays, and its γ, β are perturbed as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -40,7 +54,18 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from qgen.quant import Quantizer, QuantModule, quant_layers
+from qgen.measures.folding import FoldedBatchNorm, Folding, fold_batchnorms, unfolded, weighted_layers
+from qgen.quant import Quantizer, quant_layers
+
+__all__ = [
+    "MODES",
+    "PARAMETERS",
+    "DeployedModel",
+    "FoldedBatchNorm",
+    "Weights",
+    "deploy",
+    "quantizers_disabled",
+]
 
 MODES = ("effective", "latent")
 #: which tensors the PAC-Bayes and worst-case searches perturb (``measures.parameters``)
@@ -48,21 +73,6 @@ PARAMETERS = ("all", "weights")
 
 #: named tensors of a measured network (weights, perturbations, Hessian-vector products)
 Weights = dict[str, torch.Tensor]
-
-
-class FoldedBatchNorm(nn.Module):
-    """What folding leaves of a BatchNorm: y = x·scale + shift per channel (dim 1), with scale = 1 and
-    shift = 0, so the function is unchanged; the reference code's ``_reparam`` likewise resets the
-    BatchNorm to γ = 1, β = 0 and its search perturbs those parameters."""
-
-    def __init__(self, channels: int, like: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels, dtype=like.dtype, device=like.device))
-        self.bias = nn.Parameter(torch.zeros(channels, dtype=like.dtype, device=like.device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
 @dataclass
@@ -77,6 +87,8 @@ class DeployedModel:
     steps: dict[str, torch.Tensor] = field(default_factory=dict)
     #: every parameter but the quantizers' own, in module order (what ``perturbable("all")`` gives)
     parameter_names: list[str] = field(default_factory=list)
+    #: which BatchNorms were folded, into which layer, through which ops, or why not (``Folding.to_dict``)
+    batchnorm: Folding = field(default_factory=lambda: Folding(None))
 
     def weights(self) -> Weights:
         params = dict(self.module.named_parameters())
@@ -97,33 +109,6 @@ class DeployedModel:
         return functional_call(self.module, weights, (x,), strict=False)
 
 
-def _fold_batchnorm(layer: QuantModule, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    """Fold ``bn`` into ``layer`` in place; returns the per-channel scale γ/√(σ²+ε)."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    shape = (-1,) + (1,) * (layer.weight.ndim - 1)
-    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(bn.running_mean)
-    layer.weight.data = layer.weight.detach() * scale.reshape(shape)
-    new_bias = bn.bias.detach() + (bias - bn.running_mean) * scale
-    if layer.bias is None:
-        layer.bias = nn.Parameter(new_bias)
-    else:
-        layer.bias.data = new_bias
-    return scale
-
-
-def _fold_all(module: nn.Module, scales: dict[int, torch.Tensor]) -> None:
-    """Fold every BatchNorm that directly follows a quantized layer inside a Sequential; record each
-    folded layer's scale in ``scales`` (keyed by the layer's id)."""
-    for child in module.children():
-        if isinstance(child, nn.Sequential):
-            items = list(child.named_children())
-            for (_, prev), (name, cur) in itertools.pairwise(items):
-                if isinstance(prev, QuantModule) and isinstance(cur, nn.modules.batchnorm._BatchNorm):
-                    scales[id(prev)] = _fold_batchnorm(prev, cur)
-                    setattr(child, name, FoldedBatchNorm(cur.num_features, prev.weight))
-        _fold_all(child, scales)
-
-
 @torch.no_grad()
 def deploy(model: nn.Module, mode: str = "effective") -> DeployedModel:
     """The measurement view of ``model`` (which is left untouched)."""
@@ -138,35 +123,38 @@ def deploy(model: nn.Module, mode: str = "effective") -> DeployedModel:
         for _, layer in quant_layers(module):
             layer.weight.data = layer.weight_quant(layer.weight).detach()
             layer.weight_quant = nn.Identity()
-        scales: dict[int, torch.Tensor] = {}
-        _fold_all(module, scales)
-        for name, layer in quant_layers(module):
+        batchnorm = fold_batchnorms(module)
+        for name, scale in batchnorm.scales.items():
             key = f"{name}.weight"
-            if key in steps and id(layer) in scales:
-                shape = (-1,) + (1,) * (layer.weight.ndim - 1)
-                steps[key] = steps[key] * scales[id(layer)].abs().reshape(shape)
+            if key in steps:
+                shape = (-1,) + (1,) * (module.get_submodule(name).weight.ndim - 1)
+                steps[key] = steps[key] * scale.abs().reshape(shape)
+    else:
+        batchnorm = unfolded(
+            module, "latent view: BatchNorm is not folded (it would change what is quantized)"
+        )
     for p in module.parameters():
         p.requires_grad_(False)
-    names = [f"{name}.weight" for name, _ in quant_layers(module)]
-    return DeployedModel(module, names, mode, steps, _non_quantizer_parameters(module))
+    params = dict(module.named_parameters())
+    names = [f"{name}.weight" for name, _ in weighted_layers(module) if f"{name}.weight" in params]
+    return DeployedModel(module, names, mode, steps, _non_quantizer_parameters(module), batchnorm)
 
 
 def _non_quantizer_parameters(module: nn.Module) -> list[str]:
-    """Names of every parameter of ``module`` except those of the layers' quantizers (e.g. LSQ steps)."""
-    quantizer = {
-        f"{name}.{attr}.{p}"
-        for name, layer in quant_layers(module)
-        for attr in layer.quant_attrs
-        for p, _ in getattr(layer, attr).named_parameters()
-    }
-    return [n for n, _ in module.named_parameters() if n not in quantizer]
+    """Names of every parameter of ``module`` except the quantizers' (e.g. LSQ steps): those of every
+    ``Quantizer`` and of every module a layer names in its ``quant_attrs``."""
+    quantizers = [m for m in module.modules() if isinstance(m, Quantizer)]
+    quantizers += [getattr(m, attr) for m in module.modules() for attr in getattr(m, "quant_attrs", ())]
+    owned = {id(p) for q in quantizers for p in q.parameters()}
+    return [n for n, p in module.named_parameters() if id(p) not in owned]
 
 
 @contextlib.contextmanager
 def quantizers_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily replace every quantizer of every layer by the identity (the float network)."""
+    """Temporarily replace every quantizer of every layer (every module's ``quant_attrs``: the quantized
+    layers', and attention's matrix-product inputs) by the identity (the float network)."""
     saved = []
-    for _, layer in quant_layers(model):
+    for layer in [m for m in model.modules() if getattr(m, "quant_attrs", ())]:
         saved.append(
             (layer, {a: getattr(layer, a) for a in layer.quant_attrs}, layer.__dict__.get("value_rounding"))
         )

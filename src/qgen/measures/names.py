@@ -10,6 +10,8 @@ from __future__ import annotations
 
 MEASURE_NAMES: frozenset[str] = frozenset(
     {
+        "bn.folded",
+        "bn.unfolded",
         "hessian.power_iterations",
         "hessian.probes",
         "hessian.top_eigenvalue",

@@ -18,7 +18,9 @@ Size-normalized measures use m = the training-set size (``measure.m``, and ``m``
 size of the subset they evaluate on (``measure.examples``), so ``measures.examples`` does not rescale
 them. Each σ′/α′ search is flagged in the measures (and so in runs.csv) as ``search.<name>.converged``
 and ``search.<name>.bound`` ("lower", "upper", "none"), <name> in pacbayes, pacbayes_mag, worst_case,
-worst_case_mag.
+worst_case_mag. ``bn.folded`` / ``bn.unfolded`` count the BatchNorms the measured view folded or kept
+(qgen.measures.folding); measures.json's ``batchnorm`` says which, into which layer, through which ops,
+or why not, and whether they were found from the fx graph (``graph``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def measure_run(
     layers = noise.layer_noise(model, noise_examples)
     prop = noise.propagation(model, noise_examples)
     out: dict[str, float | bool | str] = dict(noise.summarize(layers, prop))
+    out["bn.folded"] = float(view.batchnorm.folded)  # how many BatchNorms the measured view folded
+    out["bn.unfolded"] = float(view.batchnorm.unfolded)
     meter.lap("noise", noise_examples)
 
     train_examples = subset(settings["examples"], seed)
@@ -162,6 +166,7 @@ def measure_run(
             "worst_case.mag": _search_record(mag_alpha),
             "hessian.top_eigenvalue": {"converged": eig.converged, "iterations": eig.iterations},
         },
+        "batchnorm": view.batchnorm.to_dict(),
         "equations": norms.EQUATIONS,
         "settings": settings,
         "m": m,
