@@ -378,7 +378,7 @@ def test_prep_params_fill_defaults_and_name_keys_a_dataset_does_not_take() -> No
     assert prep_params("mnist5k", {"split_seed": 3}) == {"test_fraction": 0.2, "split_seed": 3}
     assert prep_params("cifar10", {"root": "/data/cifar"}) == {"preprocess": "none"}  # root: a path
     assert prep_params("svhn", {}) == {"extra": False} and prep_params("mnist", {}) == {}
-    assert prep_params("imagenet", {}) == {"classes": None, "max_per_class": None}
+    assert prep_params("imagenet", {}) == {"classes": None, "max_per_class": None, "image_size": None}
     with pytest.raises(
         ConfigError, match=r"datasets\.cifar10\.test_fraction: cifar10 has an official test split"
     ):
@@ -429,7 +429,7 @@ def write_image_folder(root: Path, classes: list[str], per_class: tuple[int, int
 def test_image_folder_prepares_file_lists_and_a_manifest(tmp_path) -> None:
     write_image_folder(tmp_path / "files", ["cat", "ant", "bee"])
     meta = prepare("imagenet", {"root": str(tmp_path / "files")}, tmp_path / "out")
-    prepared = load_prepared(tmp_path / "out", {"classes": None, "max_per_class": None})
+    prepared = load_prepared(tmp_path / "out", {"classes": None, "max_per_class": None, "image_size": None})
     assert (
         meta["kind"] == "folder"
         and meta["layout"] == "image_folder"
@@ -588,3 +588,19 @@ def test_channel_stats_equal_numpy_for_any_chunking(shape, chunk, seed) -> None:
     want_mean, want_std = np_stats(x, 1 / 255)
     assert mean == pytest.approx(want_mean, rel=1e-12, abs=1e-15)
     assert std == pytest.approx(want_std, rel=1e-9, abs=1e-12)
+
+
+def test_imagenet_image_size_sets_the_shape_the_runs_see(tmp_path) -> None:
+    from qgen.data.run_data import open_run_data
+
+    write_image_folder(tmp_path / "files", ["a", "b"], per_class=(4, 2))
+    meta = prepare("imagenet", {"root": str(tmp_path / "files"), "image_size": 48}, tmp_path / "out")
+    assert meta["input_shape"] == [3, 48, 48] and meta["params"]["image_size"] == 48
+    prepared = load_prepared(tmp_path / "out", {"classes": None, "max_per_class": None, "image_size": 48})
+    data = open_run_data(prepared, {"name": "imagenet"}, "cpu", tmp_path / "out")
+    x, _ = next(iter(data.train.batches(4, augment=True)))
+    assert x.shape == (4, 3, 48, 48)
+    x, _ = next(iter(data.test.batches(4)))
+    assert x.shape == (4, 3, 48, 48) and data.input_shape == (3, 48, 48)
+    with pytest.raises(ConfigError, match="image_size"):
+        prepare("imagenet", {"root": str(tmp_path / "files"), "image_size": 8}, tmp_path / "bad")

@@ -14,7 +14,9 @@ the folder names, files sorted within each class. ``classes`` (a list file, one 
 line, ``#`` comments; relative to the root unless absolute) keeps a fixed subset such as ImageNet-100;
 the kept classes are indexed 0..K−1 in sorted name order (as ImageFolder indexes them, so any list of the
 same classes gives the same labels), and the file's sha256 is recorded. ``max_per_class`` keeps the first
-N training images of each class in sorted order (the validation split is never cut).
+N training images of each class in sorted order (the validation split is never cut). ``image_size``
+(default 224) is the side of the square images the runs see (meta.json's ``input_shape``): random-resized
+crops of that size for training, a resize by 256/224 of it and a center crop for evaluation.
 Normalization uses the standard ImageNet statistics of torchvision's references (not recomputed).
 """
 
@@ -108,7 +110,7 @@ def _file_sizes(root: Path, files: Sequence[str]) -> list[int]:
     input_shape=(3, TRAIN_SIZE, TRAIN_SIZE),
     num_classes=1000,
     description="ImageNet ILSVRC-2012 (or an ImageFolder) read from its folders; a class subset by list file",
-    prep_keys={"classes": None, "max_per_class": None},
+    prep_keys={"classes": None, "max_per_class": None, "image_size": None},
     kind="folder",
     official_split=True,
     needs_root=True,
@@ -128,6 +130,11 @@ def build_imagenet(params: dict[str, Any], root: Path) -> tuple[Split, Split, di
             f"e.g. {', '.join(only[:5])})"
         )
     info: dict[str, Any] = {"layout": layout}
+    size = params["image_size"]
+    if size is not None:
+        if isinstance(size, bool) or int(size) < 16:
+            raise ConfigError(f"datasets.imagenet.image_size: expected an integer >= 16, got {size!r}")
+        info["input_shape"] = [3, int(size), int(size)]
     classes = train_classes
     if params["classes"] is not None:
         path = Path(params["classes"]).expanduser()

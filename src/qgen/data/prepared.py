@@ -189,7 +189,7 @@ def prepare(name: str, given: dict[str, Any], out_dir: str | Path) -> dict[str, 
         "kind": info.kind,
         "storage": storage,
         "params": params,
-        "input_shape": list(info.input_shape),
+        "input_shape": list(extra.pop("input_shape", info.input_shape)),
         "num_classes": num_classes,
         "n": {"train": len(train["y"]), "test": len(test["y"])},
         "class_counts": {

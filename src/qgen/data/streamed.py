@@ -37,10 +37,12 @@ class FolderSplit(IndexView):
         device: torch.device | str = "cpu",
         workers: int = 8,
         prefetch: int = 2,
+        image_size: int | None = None,
     ) -> None:
         self.root, self.files, self._labels_all = root, files, y.to(torch.int64).cpu()
         self.preprocess, self.can_augment = preprocess, augment
         self.device, self.workers, self.prefetch = torch.device(device), workers, prefetch
+        self.image_size = image_size
         self._set_index(index)
 
     def batches(
@@ -54,10 +56,15 @@ class FolderSplit(IndexView):
         offset: int = 0,
     ) -> Iterator[Batch]:
         from qgen.data.folders import ImageFiles, eval_transform, train_transform
+        from qgen.data.imagenet import EVAL_RESIZE, TRAIN_SIZE
 
         positions = order.cpu() if order is not None else torch.arange(len(self))
         rows = self.index[positions] if self.index is not None else positions
-        transform = train_transform() if augment and self.can_augment else eval_transform()
+        size = self.image_size or TRAIN_SIZE
+        if augment and self.can_augment:
+            transform = train_transform(size)
+        else:  # the standard resize-then-crop ratio 256/224 at any size
+            transform = eval_transform(size, round(size * EVAL_RESIZE / TRAIN_SIZE))
         loader = torch.utils.data.DataLoader(
             ImageFiles(self.root, self.files, self._labels_all, transform),
             batch_size=batch_size,
@@ -82,8 +89,7 @@ def open_folder_run_data(
     meta = prepared.meta
     norm = Standardize.from_meta(meta["normalization"])
     tr, te = prepared.train, prepared.test
-    full = FolderSplit(meta["root"], tr["files"], tr["y"], norm, augment=True, device=device, workers=workers)
-    test = FolderSplit(
-        meta["root"], te["files"], te["y"], norm, augment=False, device=device, workers=workers
-    )
+    common = {"device": device, "workers": workers, "image_size": int(meta["input_shape"][-1])}
+    full = FolderSplit(meta["root"], tr["files"], tr["y"], norm, augment=True, **common)
+    test = FolderSplit(meta["root"], te["files"], te["y"], norm, augment=False, **common)
     return with_validation(prepared, full, test, data_spec)
