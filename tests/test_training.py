@@ -234,3 +234,37 @@ def test_no_forward_pass_of_training_or_evaluation_sees_more_rows_than_its_batch
     assert max(seen) == 256  # the quantizers' calibration batch (CALIBRATION_EXAMPLES), once
     assert seen.count(256) == 1 and max(seen[1:]) == 128 and 50 in seen
     assert len(data.train) > 1000  # the split is many batches
+
+
+def test_warmup_then_schedule_over_the_remaining_epochs() -> None:
+    from qgen.train.optim import lr_at
+
+    optim = {"lr": 0.1, "schedule": "cosine", "warmup_epochs": 4}
+    rates = [lr_at(optim, e, 14) for e in range(14)]
+    assert rates[:4] == pytest.approx([0.02, 0.04, 0.06, 0.08])  # lr*(e+1)/(w+1)
+    assert rates[4] == pytest.approx(0.1)  # the schedule's epoch 0 of the remaining 10
+    assert rates[9] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    assert lr_at({"lr": 0.1, "schedule": "cosine"}, 3, 10) == pytest.approx(
+        0.1 * 0.5 * (1 + math.cos(0.3 * math.pi))
+    )
+
+
+def test_adamw_decays_the_weights_decoupled_and_never_the_steps() -> None:
+    from torch import nn
+
+    from qgen.quant.replace import quantize_model
+    from qgen.train.optim import build_optimizer
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    quantize_model(
+        model, {"method": "lsq", "weight_bits": 4, "act_bits": 4, "first_layer": "same", "last_layer": "same"}
+    )
+    opt = build_optimizer(model, {"name": "adamw", "lr": 0.1, "weight_decay": 0.5})
+    assert isinstance(opt, torch.optim.AdamW)
+    w = model[0].weight.detach().clone()
+    step = model[0].weight_quant.scale.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradient: AdamW moves the weights by -lr*wd*w only (decoupled decay)
+    torch.testing.assert_close(model[0].weight, w * (1 - 0.1 * 0.5))
+    assert torch.equal(model[0].weight_quant.scale, step)

@@ -14,8 +14,9 @@ SCHEDULES = ("constant", "cosine", "step", "exponential", "linear")
 
 
 def build_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam. Weight decay applies to the network's parameters, not to the
-    quantizers' learned step sizes (decaying a step would shrink the grid, not the weights).
+    """SGD (with momentum), Adam (L2 penalty as weight decay) or AdamW (decoupled). Weight decay applies
+    to the network's parameters, not to the quantizers' learned step sizes (decaying a step would shrink
+    the grid, not the weights).
 
     BinaryConnect layers put their latent weight in a group of its own whose learning rate is scaled
     by the layer's ``lr_scale`` (reference code: ``W_LR_scale``; Adam's update is linear in the
@@ -56,7 +57,9 @@ def build_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Opti
         return torch.optim.SGD(groups, lr=optim["lr"], momentum=momentum_at(optim, 0))
     if optim["name"] == "adam":
         return torch.optim.Adam(groups, lr=optim["lr"])
-    raise ValueError(f"unknown optimizer {optim['name']!r}; known: sgd, adam")
+    if optim["name"] == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019), DeiT's optimizer
+        return torch.optim.AdamW(groups, lr=optim["lr"])
+    raise ValueError(f"unknown optimizer {optim['name']!r}; known: sgd, adam, adamw")
 
 
 def lr_at(optim: dict[str, Any], epoch: int, max_epochs: int) -> float:
@@ -68,8 +71,16 @@ def lr_at(optim: dict[str, Any], epoch: int, max_epochs: int) -> float:
       epoch by (lr_final/lr)^(1/max_epochs);
     - linear (Courbariaux et al. 2014): from lr down to lr_final in ``lr_saturate`` epochs, then
       constant (the reference adds (lr_final − lr)/lr_saturate after every epoch).
+
+    ``warmup_epochs`` w > 0: lr·(epoch+1)/(w+1) for the first w epochs, then the schedule over the
+    remaining max_epochs − w epochs.
     """
     base, schedule = float(optim["lr"]), optim.get("schedule", "constant")
+    warmup = int(optim.get("warmup_epochs", 0))
+    if warmup:  # linear warm-up over the first epochs (ViT/DeiT practice), then the schedule on the rest
+        if epoch < warmup:
+            return base * (epoch + 1) / (warmup + 1)
+        epoch, max_epochs = epoch - warmup, max(max_epochs - warmup, 1)
     if schedule == "constant":
         return base
     if schedule == "cosine":
