@@ -5,7 +5,9 @@
 #   1. the `gpu` tests: training, evaluation and every measure on CUDA against the CPU, within the
 #      tolerances their docstrings state (tests/test_gpu.py, tests/test_measure_values.py, tests/test_augment.py);
 #   2. one epoch of CIFAR-10-shaped synthetic data (50,000 uint8 images resident on the GPU, augmented
-#      there) per model, and every measure at its default settings (benchmarks/measure_cost.py).
+#      there) per model, and every measure at its default settings (benchmarks/measure_cost.py);
+#   3. one epoch of the same data for every model family, float and LSQ W4A4 (benchmarks/family_epoch.py);
+#      the families' one-step CUDA tests run in part 1 (tests/test_model_families.py).
 #
 # Budget: under 8 minutes in all (each part has its own timeout). Prepare once, here:
 #   bash scripts/gpu_check.sh --wheels     # downloads the missing pure-Python wheels into .whl/ (ignored)
@@ -15,7 +17,9 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = --wheels ]; then
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-  pins=$(grep -iE '^(jsonschema|jsonschema-specifications|referencing|rpds-py|attrs)==' requirements.lock)
+  # jsonschema for the config; timm (its hub client is optional: not taken) with safetensors and PyYAML
+  pins=$(grep -iE '^(jsonschema|jsonschema-specifications|referencing|rpds-py|attrs|timm|safetensors|pyyaml)==' \
+    requirements.lock | sed 's/ ;.*//')
   # shellcheck disable=SC2086
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -41,9 +45,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 status=0
 echo "== 1. gpu tests (CUDA vs CPU)"
-timeout 240 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs \
-  tests/test_gpu.py tests/test_measure_values.py tests/test_augment.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+timeout 150 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py \
+  tests/test_measure_values.py tests/test_augment.py tests/test_model_families.py 2>&1 | tee "$out/gpu_tests.log" || status=1
 
 echo "== 2. CIFAR-10-shaped epoch per model and the measures' cost on CUDA"
-timeout 240 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
+timeout 150 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
+
+echo "== 3. one epoch per model family (float and LSQ W4A4) on CUDA"
+timeout 170 "$python" benchmarks/family_epoch.py --device cuda 2>&1 | tee "$out/family_epoch_cuda.log" || status=1
 exit $status

@@ -152,3 +152,53 @@ def test_train_cli_names_the_ways_to_give_a_missing_weights_file(tmp_path) -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0
     assert "weights.r18.path" in out.stderr and "$QGEN_WEIGHTS/r18.pth" in out.stderr
+
+
+def test_qgen_paper_configs_have_the_published_scale_and_every_family() -> None:
+    from collections import Counter
+
+    from qgen.config import load_config
+    from qgen.experiments import bits_label
+    from tests.conftest import REPO
+
+    cifar = all_runs(load_config(REPO / "config/paper/qgen_cifar.yaml"))
+    assert len(cifar) >= 2000  # "over 2000 models"
+    models = Counter(r.spec["model"]["name"] for r in cifar.values())
+    assert set(models) == {"nin", "resnet_cifar", "vit"} and models["nin"] == 2 * 3 * 2 * 3 * 2 * 3 * 3 * 4
+    assert {bits_label(r.spec) for r in cifar.values()} == {"FP32", "8", "4", "2"}
+    assert {r.spec["data"]["name"] for r in cifar.values()} == {"cifar10", "cifar100"}
+    imagenet = all_runs(load_config(REPO / "config/paper/qgen_imagenet.yaml"))
+    names = {r.spec["model"]["name"] for r in imagenet.values()}
+    assert names == {"resnet18", "resnet50", "deit_tiny"}
+    assert all(r.spec["model"]["pretrained"]["sha256"] for r in imagenet.values())
+    assert {bits_label(r.spec) for r in imagenet.values()} == {"FP32", "8", "4", "2"}
+
+
+def test_the_slurm_profile_packs_the_imagenet_config_into_group_jobs(tmp_path) -> None:
+    import re
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--profile",
+            str(REPO / "profiles/slurm"),
+            "--configfile",
+            str(REPO / "config/paper/qgen_imagenet.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(r"^train\s+24$", out, re.M)
+    assert out.count("Group job runs") == 2  # 24 runs, 20 per SLURM job

@@ -32,6 +32,7 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "threads": 1,
     "compile": False,
+    "loader_workers": 8,
     "checkpoint_every": 5,
     "eval_batch_size": 1024,
 }
@@ -53,16 +54,19 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="train through torch.compile")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--eval-batch-size", type=int, help="batch size of evaluation passes (memory only)")
+    p.add_argument("--loader-workers", type=int, help="DataLoader processes reading a folder set (ImageNet)")
 
 
-def _data_for(meta_path: str, spec: dict[str, Any], device: Any):
-    """The run's splits on ``device``, after checking the prepared files and their settings."""
+def _data_for(meta_path: str, spec: dict[str, Any], device: Any, run_cfg: dict[str, Any] | None = None):
+    """The run's splits on ``device``, after checking the prepared files and their settings (folder sets
+    read by ``runtime.loader_workers`` processes)."""
     from qgen.data import load_prepared
     from qgen.data.run_data import RUN_KEYS, open_run_data
 
     expected = {k: v for k, v in spec["data"].items() if k != "name" and k not in RUN_KEYS}
     directory = Path(meta_path).parent
-    return open_run_data(load_prepared(directory, expected), spec["data"], device, directory)
+    workers = int((run_cfg or RUNTIME_DEFAULTS).get("loader_workers", RUNTIME_DEFAULTS["loader_workers"]))
+    return open_run_data(load_prepared(directory, expected), spec["data"], device, directory, workers)
 
 
 def _provenance(
@@ -164,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec, rid = record["spec"], record["run_id"]
     run_cfg = _runtime(args)
     device = runtime.configure(run_cfg)
-    data = _data_for(args.data_meta, spec, device)
+    data = _data_for(args.data_meta, spec, device, run_cfg)
     out_dir = Path(args.out_model).parent
     ckpt = checkpoint.path_in(out_dir)
     settings_json = os.environ.get("QGEN_MEASURES") or ""
@@ -232,7 +236,7 @@ def evaluate_model_file(
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"], device)
+    data = data if data is not None else _data_for(data_meta, payload["spec"], device, run_cfg)
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
@@ -285,7 +289,7 @@ def measure_model_file(
 
     t0 = time.perf_counter()
     payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"], device)
+    data = data if data is not None else _data_for(data_meta, payload["spec"], device, run_cfg)
     status = payload["train"]["status"]
     body: dict[str, Any] = {"measures": {}, "settings": settings}
     if status == "completed":
