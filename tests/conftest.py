@@ -84,3 +84,14 @@ def train_command(spec_json: str, meta: str, out: str, *, checkpoint_every: int)
 def digits_run(digits):
     """The same as ``digits``."""
     return digits
+
+
+#: the smallest measure settings that still run every measure (for names, records and plumbing, not values)
+TINY_MEASURES: dict[str, Any] = {
+    "examples": 32,
+    "noise": {"examples": 16},
+    "pacbayes": {"draws": 2, "depth": 2},
+    "worst_case": {"examples": 16, "steps": 1, "depth": 2},
+    "noise_model": {"draws": 2},
+    "hessian": {"examples": 16, "max_probes": 2, "min_probes": 2, "power_iters": 2},
+}

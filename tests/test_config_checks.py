@@ -10,7 +10,7 @@ import yaml
 
 from qgen.config import ConfigError, measures_schema, validate, validate_config
 from qgen.experiments import all_runs, expand_config, is_run_id, normalize_spec, run_id
-from tests.conftest import REPO, make_spec
+from tests.conftest import REPO, TINY_MEASURES, make_spec
 
 
 def default_config() -> dict:
@@ -227,17 +227,7 @@ def test_measure_names_are_the_names_qgen_produces(digits) -> None:
     model = build_model(spec, digits.input_shape, digits.num_classes)
     init_quantizers(model, next(iter(digits.train.batches(64)))[0])
     state = model.state_dict()
-    settings = validate(
-        {
-            "examples": 64,
-            "noise": {"examples": 32},
-            "pacbayes": {"draws": 2, "depth": 3},
-            "worst_case": {"examples": 32, "steps": 2, "depth": 3},
-            "noise_model": {"draws": 2},
-            "hessian": {"examples": 32, "max_probes": 2, "min_probes": 2, "power_iters": 3},
-        },
-        measures_schema(),
-    )
+    settings = validate(copy.deepcopy(TINY_MEASURES), measures_schema())
     body = measure_run(
         {"spec": spec, "state_dict": state, "init_state": state}, digits, settings, torch.device("cpu")
     )

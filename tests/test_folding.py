@@ -5,6 +5,8 @@ models fx cannot trace; the weights and perturbed parameters of models quantized
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -18,7 +20,7 @@ from qgen.measures.folding import BatchNormRecord
 from qgen.measures.run import measure_run
 from qgen.models import build_model
 from qgen.quant import Quantizer, QuantModule, init_quantizers
-from tests.conftest import make_spec
+from tests.conftest import TINY_MEASURES, make_spec
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -396,17 +398,7 @@ def test_measures_json_counts_and_lists_the_batchnorms(digits) -> None:
     torch.manual_seed(0)
     model = build_model(spec, digits.input_shape, digits.num_classes)
     state = model.state_dict()
-    settings = validate(
-        {
-            "examples": 32,
-            "noise": {"examples": 16},
-            "pacbayes": {"draws": 2, "depth": 2},
-            "worst_case": {"examples": 16, "steps": 1, "depth": 2},
-            "noise_model": {"draws": 2},
-            "hessian": {"examples": 16, "max_probes": 2, "min_probes": 2, "power_iters": 2},
-        },
-        measures_schema(),
-    )
+    settings = validate(copy.deepcopy(TINY_MEASURES), measures_schema())
     body = measure_run(
         {"spec": spec, "state_dict": state, "init_state": state}, digits, settings, torch.device("cpu")
     )
