@@ -107,6 +107,7 @@ def provenance_summary(record: dict[str, Any]) -> dict[str, Any]:
         "device": prov.get("device"),
         "gpu": prov.get("gpu"),
         "torch_threads": prov.get("torch_threads"),
+        "determinism": prov.get("determinism"),
         "runtime": prov.get("runtime"),
         "torch": prov.get("libraries", {}).get("torch"),
         "data_checksum": prov.get("data", {}).get("checksum"),
@@ -115,6 +116,27 @@ def provenance_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- rebuild --------------------------------------------------------------------------------------
+
+
+def bit_identity_expected(recorded: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, Any]:
+    """Whether two builds of a run should agree bit for bit, from their provenance: both on CPU, the same
+    torch version, and the same deterministic-algorithm setting, thread count and CPU instruction set
+    (qgen.runtime.BIT_IDENTITY_KEYS); ``differs`` names what does not match (a record written before
+    provenance carried ``determinism`` counts as unknown)."""
+    from qgen.runtime import BIT_IDENTITY_KEYS
+
+    a, b = recorded.get("provenance", {}), rebuilt.get("provenance", {})
+    differs = []
+    if _on_cuda(recorded) or _on_cuda(rebuilt):
+        differs.append("device: CUDA")
+    if a.get("libraries", {}).get("torch") != b.get("libraries", {}).get("torch"):
+        differs.append("torch version")
+    da, db = a.get("determinism"), b.get("determinism")
+    if da is None or db is None:
+        differs.append("determinism settings not recorded")
+    else:
+        differs += [key for key in BIT_IDENTITY_KEYS if da.get(key) != db.get(key)]
+    return {"expected": not differs, "differs": differs}
 
 
 def default_snakefile(root: str | Path = ".") -> Path:
@@ -233,9 +255,11 @@ def audit_run(
         n, diffs = compare_records(recorded[name], rebuilt[name], **tol)
         compared += n
         differences += [{"file": name, **d} for d in diffs]
+    expect = bit_identity_expected(recorded["metrics.json"], rebuilt["metrics.json"])
     return {
         "run_id": run_id,
         "pass": not differences,
+        "bit_identity": expect,
         "compared": compared,
         "differences": differences,
         "tolerance": {**tol, "basis": "CUDA involved" if cuda else "both on CPU: identical"},
@@ -284,6 +308,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"  comparison: {tol['basis']} (rtol {tol['rtol']:g}, atol {tol['atol']:g}), "
         f"{report['compared']} values of {' and '.join(RUN_FILES)}, provenance aside",
     ]
+    identity = report.get("bit_identity")
+    if identity is not None:
+        lines.append(
+            "  bit identity: expected"
+            if identity["expected"]
+            else f"  bit identity: not guaranteed ({', '.join(identity['differs'])} differ)"
+        )
     diffs = report["differences"]
     if not diffs:
         lines.append("  PASS: every value agrees")

@@ -33,6 +33,7 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "compile": False,
     "loader_workers": 8,
+    "tf32": False,
     "checkpoint_every": 5,
     "eval_batch_size": 1024,
 }

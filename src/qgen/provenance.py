@@ -59,7 +59,13 @@ def library_versions() -> dict[str, str | None]:
 def device_info(device: Any) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    from qgen.runtime import determinism
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "determinism": determinism(),
+    }
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
