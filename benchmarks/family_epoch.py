@@ -16,6 +16,7 @@ at 32 px they see 4 tokens: the numbers time the layers, not a sensible CIFAR mo
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,14 +25,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure_cost import make_clock, synthetic_data  # the shared synthetic set and clock
+from measure_cost import synthetic_data, time_training  # the shared synthetic set and step timing
 
 from qgen.config import run_spec_schema, validate
 from qgen.experiments import normalize_spec
 from qgen.models import build_model
-from qgen.quant import init_quantizers
-from qgen.train.loop import batch_step
-from qgen.train.optim import build_optimizer
 
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 128}
 ADAMW = {"name": "adamw", "lr": 0.001, "weight_decay": 0.05, "batch_size": 128, "warmup_epochs": 5}
@@ -65,25 +63,14 @@ def spec_of(family: str, quant: str) -> dict[str, Any]:
 
 
 def epoch_seconds(spec: dict[str, Any], data: Any, device: torch.device) -> tuple[float, int, float | None]:
-    """(seconds of one epoch of optimizer steps after a warm-up step, parameters, peak CUDA MiB)."""
-    clock = make_clock(device)
-    torch.manual_seed(0)
-    model = build_model(spec, data.input_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(model, spec["optim"])
-    batch = spec["optim"]["batch_size"]
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    init_quantizers(model, next(iter(data.train.batches(256, order[:256])))[0])
-    step = batch_step(model, optimizer, "ce")
-    model.train()
-    step(*next(iter(data.train.batches(batch, order[:batch], augment=True))))  # warm-up
+    """(seconds of one epoch of optimizer steps after a warm-up step, parameters, peak CUDA MiB), timed by
+    measure_cost.time_training (its evaluation pass cut to one example)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = clock()
-    for xb, yb in data.train.batches(batch, order, augment=True, seed=0, epoch=0):
-        step(xb, yb)
-    seconds = clock() - t0
+    per_step = time_training(spec, data, device, None, 1)["step"]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return seconds, sum(p.numel() for p in model.parameters()), peak
+    params = sum(p.numel() for p in build_model(spec, data.input_shape, data.num_classes).parameters())
+    return per_step * math.ceil(len(data.train) / spec["optim"]["batch_size"]), params, peak
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,14 @@ TINY_MEASURES: dict[str, Any] = {
     "noise_model": {"draws": 2},
     "hessian": {"examples": 16, "max_probes": 2, "min_probes": 2, "power_iters": 2},
 }
+
+
+def dry_run(workdir: Path, *configfiles: Path, profile: str | None = None) -> str:
+    """The output of ``snakemake -n`` of ``configfiles`` in ``workdir`` (with ``profiles/<profile>``);
+    fails the test with the end of stderr if it does not succeed."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n"]
+    cmd += ["--profile", str(REPO / "profiles" / profile)] if profile else []
+    cmd += ["--configfile", *map(str, configfiles)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr

@@ -177,28 +177,8 @@ def test_qgen_paper_configs_have_the_published_scale_and_every_family() -> None:
 def test_the_slurm_profile_packs_the_imagenet_config_into_group_jobs(tmp_path) -> None:
     import re
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, dry_run
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "-n",
-            "--profile",
-            str(REPO / "profiles/slurm"),
-            "--configfile",
-            str(REPO / "config/paper/qgen_imagenet.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    out = dry_run(tmp_path, REPO / "config/paper/qgen_imagenet.yaml", profile="slurm")
     assert re.search(r"^train\s+24$", out, re.M)
     assert out.count("Group job runs") == 2  # 24 runs, 20 per SLURM job

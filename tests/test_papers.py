@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -23,7 +21,7 @@ from qgen.report.papers import (
     low_precision_table,
     write_paper_outputs,
 )
-from tests.conftest import REPO, make_spec
+from tests.conftest import REPO, dry_run, make_spec
 
 
 def _row(run: str, seed: int, **fields) -> dict:
@@ -305,25 +303,9 @@ def test_default_config_defines_the_paper_experiments() -> None:
 
 
 def test_paper_scale_configs_dry_run(tmp_path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "-n",
-            "--configfile",
-            str(REPO / "config/paper/binaryconnect.yaml"),
-            str(REPO / "config/paper/low_precision.yaml"),
-        ],
-        capture_output=True,
-        text=True,
+    out = dry_run(
+        tmp_path, REPO / "config/paper/binaryconnect.yaml", REPO / "config/paper/low_precision.yaml"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
     assert "binaryconnect_table" in out and "low_precision_table" in out
     assert re.search(r"^train\s+60$", out, re.M) and re.search(r"^prepare_data\s+3$", out, re.M)
 

@@ -146,10 +146,11 @@ def _pretrained_file(spec: dict[str, Any], given: str | None) -> str | None:
         if given:
             raise SystemExit(f"--pretrained {given}: the run spec has no model.pretrained")
         return None
+    from qgen.experiments import weights_path
+
     name = weights["name"]
     path = given or json.loads(os.environ.get("QGEN_WEIGHT_FILES") or "{}").get(name)
-    if path is None and os.environ.get("QGEN_WEIGHTS"):
-        path = os.path.join(os.environ["QGEN_WEIGHTS"], f"{name}.pth")
+    path = path or weights_path({}, name)  # no config here: $QGEN_WEIGHTS/<name>.pth
     if path is None:
         raise SystemExit(
             f"the run starts from pretrained weights {name!r}, but no file is given: set weights.{name}.path "

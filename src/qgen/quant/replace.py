@@ -45,7 +45,7 @@ from qgen.quant.registry import LayerQuant, layer_quant
 REPLACED: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6, torch.relu_, F.relu_}
-#: modules that map non-negative inputs to non-negative outputs
+#: modules that map a non-negative (first) input to a non-negative output
 _NONNEG_MODULES = (
     nn.Dropout,
     nn.Identity,
@@ -64,11 +64,7 @@ _NONNEG_FUNCTIONS = {
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
     F.dropout,
-    torch.cat,
-    operator.add,
-    torch.add,
     operator.getitem,
-    operator.mul,
 }
 _NONNEG_METHODS = {
     "flatten",
