@@ -91,7 +91,7 @@ def imagenet(tmp_path_factory) -> Path:
 
 def train_and_measure(spec: dict, prepared_dir: Path, out: Path, pretrained: Path | None = None) -> dict:
     """Train, write model.pt and metrics.json as `qgen train` does, then measure; returns both records."""
-    from qgen.cli import evaluate_model_file
+    from qgen.runner import evaluate_model_file
 
     expected = {k: v for k, v in spec["data"].items() if k != "name" and k not in RUN_KEYS}
     data = open_run_data(load_prepared(prepared_dir, expected), spec["data"], "cpu", prepared_dir, workers=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qgen import cli
+from qgen import cli, runner
 from qgen import io as qio
 from tests.conftest import make_spec, train_command
 
@@ -22,7 +22,7 @@ FRESH = {"run_id": "r", "status": "completed", "measures": {"fresh": 1.0}}
 
 def measure(monkeypatch, run: Path, settings: str = SETTINGS) -> dict:
     """`qgen measure --cache` in this process; measuring afresh returns FRESH (nothing is computed)."""
-    monkeypatch.setattr(cli, "measure_model_file", lambda *args, **kwargs: FRESH)
+    monkeypatch.setattr(runner, "measure_model_file", lambda *args, **kwargs: FRESH)
     out = run / "measures.json"
     argv = ["measure", "--model", str(run / "model.pt"), "--data-meta", str(run / "meta.json")]
     argv += ["--settings", settings, "--cache", str(run / "measures.cache.json"), "--out", str(out)]
@@ -34,7 +34,7 @@ def measure(monkeypatch, run: Path, settings: str = SETTINGS) -> dict:
 def cached_run(tmp_path: Path) -> Path:
     """A run folder with a model file and a valid cache of its measures under SETTINGS."""
     (tmp_path / "model.pt").write_bytes(b"the model file")
-    key = cli._cache_key(SETTINGS, str(tmp_path / "model.pt"))
+    key = runner.cache_key(SETTINGS, str(tmp_path / "model.pt"))
     qio.write_json(tmp_path / "measures.cache.json", {"key": key, "record": CACHED})
     return tmp_path
 

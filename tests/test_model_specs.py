@@ -147,7 +147,7 @@ def test_training_from_pretrained_weights_starts_from_them_and_lsq_steps_from_th
 
 def test_train_cli_names_the_ways_to_give_a_missing_weights_file(tmp_path) -> None:
     spec = {"model": {"name": "resnet18", "pretrained": {"name": "r18", "sha256": SHA}}}
-    code = f"import sys; from qgen.cli import _pretrained_file; _pretrained_file({spec!r}, None)"
+    code = f"import sys; from qgen.runner import pretrained_file; pretrained_file({spec!r}, None)"
     env = {"PATH": "", "PYTHONPATH": ":".join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0

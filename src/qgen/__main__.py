@@ -1,3 +1,4 @@
 from qgen.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker process (qgen.worker) imports the main module
+    raise SystemExit(main())

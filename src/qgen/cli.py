@@ -6,6 +6,7 @@ qgen spec CONFIG RUN_ID [--out spec.json] print or write one run's spec (JSON, f
 qgen prepare-data NAME --params JSON --meta DIR/meta.json
 qgen verify-data DIR/meta.json [--full]   re-check a prepared dataset (--full: re-hash every image)
 qgen train --spec SPEC --data-meta meta.json --out-model DIR/model.pt --out-log DIR/train_log.csv
+qgen shard NAME --run-ids ID,ID --runs-table runs.tsv --settings JSON --out NAME.json
 qgen evaluate --model model.pt --data-meta meta.json --out metrics.json
 qgen collect --experiment NAME --out runs.csv METRICS.json...
 qgen summary --runs runs.csv --claims claims.json --out summary.json
@@ -21,22 +22,12 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from qgen import io as qio
 from qgen.config import ConfigError, load_config
-
-RUNTIME_DEFAULTS: dict[str, Any] = {
-    "device": "auto",
-    "threads": 1,
-    "compile": False,
-    "loader_workers": 8,
-    "tf32": False,
-    "checkpoint_every": 5,
-    "eval_batch_size": 1024,
-}
+from qgen.runner import RUNTIME_DEFAULTS
 
 
 def _runtime(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,33 +47,6 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--eval-batch-size", type=int, help="batch size of evaluation passes (memory only)")
     p.add_argument("--loader-workers", type=int, help="DataLoader processes reading a folder set (ImageNet)")
-
-
-def _data_for(meta_path: str, spec: dict[str, Any], device: Any, run_cfg: dict[str, Any] | None = None):
-    """The run's splits on ``device``, after checking the prepared files and their settings (folder sets
-    read by ``runtime.loader_workers`` processes)."""
-    from qgen.data import load_prepared
-    from qgen.data.run_data import RUN_KEYS, open_run_data
-
-    expected = {k: v for k, v in spec["data"].items() if k != "name" and k not in RUN_KEYS}
-    directory = Path(meta_path).parent
-    workers = int((run_cfg or RUNTIME_DEFAULTS).get("loader_workers", RUNTIME_DEFAULTS["loader_workers"]))
-    return open_run_data(load_prepared(directory, expected), spec["data"], device, directory, workers)
-
-
-def _provenance(
-    run_id: str, seed: int, run_cfg: dict[str, Any], device: Any, data: Any, **extra: Any
-) -> dict:
-    from qgen import provenance
-
-    return provenance.record(
-        run_id=run_id,
-        seed=seed,
-        runtime=run_cfg,
-        **provenance.device_info(device),
-        data={"name": data.name, "checksum": data.checksum},
-        **extra,
-    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -138,85 +102,52 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrained_file(spec: dict[str, Any], given: str | None) -> str | None:
-    """The weights file of a run that starts from pretrained weights: ``--pretrained``, else the workflow's
-    $QGEN_WEIGHT_FILES entry, else $QGEN_WEIGHTS/<name>.pth; an error naming all three if none is set."""
-    weights = spec["model"].get("pretrained")
-    if weights is None:
-        if given:
-            raise SystemExit(f"--pretrained {given}: the run spec has no model.pretrained")
-        return None
-    from qgen.experiments import weights_path
-
-    name = weights["name"]
-    path = given or json.loads(os.environ.get("QGEN_WEIGHT_FILES") or "{}").get(name)
-    path = path or weights_path({}, name)  # no config here: $QGEN_WEIGHTS/<name>.pth
-    if path is None:
-        raise SystemExit(
-            f"the run starts from pretrained weights {name!r}, but no file is given: set weights.{name}.path "
-            f"in the config, put the file at $QGEN_WEIGHTS/{name}.pth, or pass --pretrained FILE"
-        )
-    return path
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (resuming from the run's checkpoint), write model.pt, evaluate into --out-metrics and measure
-    into --measure-cache; the final training checkpoint is deleted only after all of them are written,
-    so a crash or signal while evaluating or measuring costs a rerun of those, never the training."""
+    into --measure-cache (qgen.runner.train_files)."""
     from qgen import runtime
-    from qgen.train import checkpoint, preemption, save_model, train_run
+    from qgen.runner import train_files
 
     record = json.loads(args.spec) if args.spec.lstrip().startswith("{") else qio.read_json(args.spec)
-    spec, rid = record["spec"], record["run_id"]
     run_cfg = _runtime(args)
-    device = runtime.configure(run_cfg)
-    data = _data_for(args.data_meta, spec, device, run_cfg)
-    out_dir = Path(args.out_model).parent
-    ckpt = checkpoint.path_in(out_dir)
-    settings_json = os.environ.get("QGEN_MEASURES") or ""
-    settings = None
-    if args.measure_cache and settings_json:  # measure too; the measure rule adopts it if still valid
-        from qgen.config import measures_schema, validate
-
-        settings = validate(json.loads(settings_json), measures_schema(), where="measure settings")
-    if args.measure_cache:  # measures of an older model file of this run: this job writes a new one
-        Path(args.measure_cache).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    pretrained = _pretrained_file(spec, args.pretrained)
-    with preemption.exit_on_signal("training", f"run the same command again to resume from {ckpt}"):
-        model, init_state, result = train_run(
-            spec, data, out_dir, run_cfg, device, log_path=args.out_log, pretrained=pretrained
-        )
-    kept = f"the finished training is kept in {ckpt}: run the same command again to finish without retraining"
-    with preemption.exit_on_signal(f"{rid}: evaluating and measuring", kept):
-        prov = _provenance(
-            rid,
-            spec["seed"],
-            run_cfg,
-            device,
-            data,
-            wall_seconds=round(time.perf_counter() - t0, 3),
-        )
-        save_model(args.out_model, model, init_state, spec, rid, result, prov)
-        if args.out_metrics:  # evaluate in the same process (saves one interpreter start per run)
-            evaluate_model_file(args.out_model, args.data_meta, args.out_metrics, run_cfg, device, data)
-        if settings is not None:
-            print(f"{rid}: measuring (settings from $QGEN_MEASURES)", file=sys.stderr, flush=True)
-            record = measure_model_file(args.out_model, args.data_meta, settings, run_cfg, device, data)
-            qio.write_json(
-                args.measure_cache, {"key": _cache_key(settings_json, args.out_model), "record": record}
-            )
-    ckpt.unlink(missing_ok=True)  # the run's model, metrics and measures are written
-    print(
-        f"{rid}: {result.status}, stopped by {result.stop_reason} after {result.epochs} epochs, "
-        f"train CE {result.final_train_ce:.4f}",
-        file=sys.stderr,
+    train_files(
+        record,
+        args.data_meta,
+        args.out_model,
+        args.out_log,
+        args.out_metrics,
+        run_cfg,
+        runtime.configure(run_cfg),
+        settings_json=os.environ.get("QGEN_MEASURES") or None,
+        measures_path=args.measure_cache,
+        as_cache=True,
+        pretrained=args.pretrained,
     )
     return 0
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    """Build the runs of one shard in worker processes (qgen.worker); skip the finished ones."""
+    from qgen.shards import read_runs_table
+    from qgen.worker import run_shard
+
+    ids = [rid for rid in args.run_ids.split(",") if rid]
+    specs = read_runs_table(Path(args.runs_table), ids)
+    return run_shard(
+        args.name,
+        {rid: specs[rid] for rid in ids},
+        settings_json=args.settings,
+        run_cfg=_runtime(args),
+        out=Path(args.out),
+        runs_dir=Path(args.runs_dir),
+        data_dir=Path(args.data_dir),
+        log_dir=Path(args.log_dir),
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qgen import runtime
+    from qgen.runner import evaluate_model_file
     from qgen.train import preemption
 
     run_cfg = _runtime(args)
@@ -225,117 +156,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_model_file(
-    model_path: str, data_meta: str, out: str, run_cfg: dict[str, Any], device: Any, data: Any = None
-) -> None:
-    """Write metrics.json: metrics of the quantized model, its training outcome, the precision each layer
-    computes at (qgen.models.precision) and provenance.
-
-    ``data``: the run's prepared data if already loaded and verified (else read from ``data_meta``)."""
-    from qgen.measures.gap import generalization_metrics
-    from qgen.models import model_from_payload, precision_record, read_model_file
-    from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, degenerate_reason
-
-    t0 = time.perf_counter()
-    payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"], device, run_cfg)
-    model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
-    fit = dict(payload["train"])
-    train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
-    metrics = generalization_metrics(model, data, run_cfg["eval_batch_size"])
-    if fit["status"] == DIVERGED:
-        metrics = {k: float("nan") for k in metrics}
-    elif fit["status"] == COMPLETED:  # training checked its train CE and accuracy; the test CE is new here
-        ces = (metrics["train_ce"], metrics["test_ce"])
-        reason = degenerate_reason(metrics["train_acc"], ces, data.train_class_counts())
-        if reason is not None:
-            fit.update(status=DEGENERATE, degenerate_reason=reason)
-    fit.setdefault("degenerate_reason", None)  # (model files written before degenerate runs had a status)
-    prov = _provenance(
-        payload["run_id"],
-        payload["spec"]["seed"],
-        run_cfg,
-        device,
-        data,
-        wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
-        resumed_from_epoch=resumed,
-        train_provenance=payload["provenance"],
-    )
-    qio.write_json(
-        out,
-        {
-            "run_id": payload["run_id"],
-            "status": fit.pop("status"),
-            "fit": fit,
-            "metrics": metrics,
-            "precision": precision_record(payload["spec"]),
-            "quantization": getattr(model, "qgen_quantization", None),
-            "spec": payload["spec"],
-            "provenance": prov,
-        },
-    )
-
-
-def measure_model_file(
-    model_path: str,
-    data_meta: str,
-    settings: dict[str, Any],
-    run_cfg: dict[str, Any],
-    device: Any,
-    data: Any = None,
-) -> dict[str, Any]:
-    """The body of measures.json for the model in ``model_path`` (settings already validated;
-    ``data`` as in :func:`evaluate_model_file`)."""
-    from qgen.measures.run import measure_run
-    from qgen.models import read_model_file
-
-    t0 = time.perf_counter()
-    payload = read_model_file(model_path)
-    data = data if data is not None else _data_for(data_meta, payload["spec"], device, run_cfg)
-    status = payload["train"]["status"]
-    body: dict[str, Any] = {"measures": {}, "settings": settings}
-    if status == "completed":
-        body = measure_run(payload, data, settings, device)
-    timings = body.pop("timings", {})
-    cost = body.pop("cost", None)  # peak CUDA memory and batch sizes: how it ran, not what it measured
-    prov = _provenance(
-        payload["run_id"],
-        payload["spec"]["seed"],
-        run_cfg,
-        device,
-        data,
-        wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
-        **({"measure_cost": cost} if cost is not None else {}),
-    )
-    return {"run_id": payload["run_id"], "status": status, **body, "provenance": prov}
-
-
-def _cache_key(settings_json: str, model_path: str) -> dict[str, str]:
-    from qgen.experiments import canonical_json
-
-    return {
-        "settings": canonical_json(json.loads(settings_json)),
-        "model_sha256": qio.sha256_file(model_path),
-    }
-
-
-def _cached_record(cache: str, settings_json: str, model_path: str) -> dict[str, Any] | None:
-    """The measures.json body in a measure cache written for exactly these settings and this model file
-    (its sha256), else None: a cache of other settings, of an older model or unreadable is never used."""
-    try:
-        cached = qio.read_json(cache)
-        if cached["key"] == _cache_key(settings_json, model_path):
-            return cached["record"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def cmd_measure(args: argparse.Namespace) -> int:
+    from qgen.runner import cached_record
+
     # Fast path, before anything imports torch: adopt measures the training job already computed
     # with exactly these settings for exactly this model file.
     if args.cache and Path(args.cache).exists():
-        cached = _cached_record(args.cache, args.settings, args.model)
+        cached = cached_record(args.cache, args.settings, args.model)
         if cached is not None:
             qio.write_json(args.out, cached)
             Path(args.cache).unlink()
@@ -345,17 +172,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
             "measure cache is stale (other settings or model) or unreadable; measuring again", file=sys.stderr
         )
     from qgen import runtime
-    from qgen.config import measures_schema, validate
-    from qgen.train import preemption
+    from qgen.runner import measure_files
 
-    settings = validate(json.loads(args.settings), measures_schema(), where="measure settings")
     run_cfg = _runtime(args)
-    with preemption.exit_on_signal("measuring", "nothing was written: run the same command again"):
-        record = measure_model_file(args.model, args.data_meta, settings, run_cfg, runtime.configure(run_cfg))
-        qio.write_json(args.out, record)
+    measure_files(args.model, args.data_meta, args.settings, args.out, run_cfg, runtime.configure(run_cfg))
     if args.cache:
         Path(args.cache).unlink(missing_ok=True)
-    print(f"{record['run_id']}: measured ({record['status']})", file=sys.stderr)
     return 0
 
 
@@ -529,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
     p.add_argument("--cache", help="measures precomputed by `qgen train --measure-cache` (used if valid)")
+
+    p = sub.add_parser("shard", help="build the runs of one shard in workers that outlive one run")
+    p.add_argument("name", help="the shard's name (its record is --out)")
+    p.add_argument("--run-ids", required=True, help="comma-separated run ids")
+    p.add_argument("--runs-table", required=True, help="results/runs.tsv: the runs' specs")
+    p.add_argument("--settings", required=True, help="the config's measures section as JSON")
+    p.add_argument("--out", required=True, help="the shard's record, written when every run is built")
+    p.add_argument("--runs-dir", default="results/runs")
+    p.add_argument("--data-dir", default="data/prepared")
+    p.add_argument(
+        "--log-dir", default="logs", help="per-run logs go to LOG_DIR/{train,measure}/<run_id>.log"
+    )
+    _add_runtime(p)
+    p.add_argument("--parallel-runs", type=int, help="runs built at once (worker processes)")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")
     p.add_argument("--experiment", required=True)

@@ -1,0 +1,212 @@
+"""The shard worker (qgen.worker): runs built inside a worker equal the same runs built alone, bit for bit on
+CPU; a killed worker resumes and ends with identical results; a failing run fails alone and names its log;
+K concurrent worker processes equal one at a time; finished runs are skipped by content."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qgen import io as qio
+from qgen.audit import compare_records
+from qgen.config import measures_schema, validate
+from qgen.experiments import run_id, runs_table
+from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, partition, run_state
+from tests.conftest import TINY_MEASURES, make_spec
+
+SETTINGS = json.dumps(validate(json.loads(json.dumps(TINY_MEASURES)), measures_schema(), where="t"), sort_keys=True)
+SPECS = [
+    make_spec(seed=0, train={"max_epochs": 3}),
+    make_spec(seed=1, quant={"method": "uniform", "weight_bits": 2, "act_bits": 8}, train={"max_epochs": 3}),
+    make_spec(seed=2, model={"name": "mlp", "depth": 3, "width": 16}, train={"max_epochs": 4}),
+]
+IDS = [run_id(s) for s in SPECS]
+
+
+class _Run:  # what experiments.runs_table reads
+    def __init__(self, spec: dict) -> None:
+        self.spec, self.experiments = spec, ["e"]
+
+
+def make_project(root: Path, digits_dir: Path, specs: list[dict] = SPECS) -> Path:
+    shutil.copytree(digits_dir, root / "data" / "prepared" / "digits")
+    qio.write_text(root / "results" / "runs.tsv", runs_table({run_id(s): _Run(s) for s in specs}))
+    return root
+
+
+def env(**runtime) -> dict[str, str]:
+    return {**os.environ, "QGEN_RUNTIME": json.dumps({"device": "cpu", "threads": 1, **runtime})}
+
+
+def shard_command(ids: list[str], name: str = "digits-0of1") -> list[str]:
+    return [
+        sys.executable, "-m", "qgen", "shard", name, "--run-ids", ",".join(ids), "--runs-table",
+        "results/runs.tsv", "--settings", SETTINGS, "--out", f"results/shards/{name}.json",
+    ]  # fmt: skip
+
+
+def shard(project: Path, ids: list[str] = IDS, **runtime) -> subprocess.CompletedProcess:
+    return subprocess.run(shard_command(ids), cwd=project, env=env(**runtime), capture_output=True, text=True)
+
+
+def results(project: Path, rid: str) -> dict:
+    run = project / "results" / "runs" / rid
+    return {name: qio.read_json(run / name) for name in ("metrics.json", "measures.json")}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    for name in a:
+        compared, differences = compare_records(a[name], b[name])
+        assert compared > 20 and differences == [], (name, differences[:5])
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory, digits_dir) -> Path:
+    """Each run built alone, in its own processes, by the per-run rules' commands (qgen train + measure)."""
+    project = make_project(tmp_path_factory.mktemp("alone"), digits_dir)
+    for spec, rid in zip(SPECS, IDS, strict=True):
+        run = f"results/runs/{rid}"
+        record = json.dumps({"run_id": rid, "spec": spec})
+        cache = f"{run}/measures.cache.json"
+        train = [sys.executable, "-m", "qgen", "train", "--spec", record, "--data-meta"]
+        train += ["data/prepared/digits/meta.json", "--out-model", f"{run}/model.pt", "--out-log"]
+        train += [f"{run}/train_log.csv", "--out-metrics", f"{run}/metrics.json", "--measure-cache", cache]
+        measure = [sys.executable, "-m", "qgen", "measure", "--model", f"{run}/model.pt", "--data-meta"]
+        measure += ["data/prepared/digits/meta.json", "--settings", SETTINGS, "--cache", cache]
+        measure += ["--out", f"{run}/measures.json"]
+        for cmd in (train, measure):
+            proc = subprocess.run(cmd, cwd=project, env={**env(), "QGEN_MEASURES": SETTINGS}, capture_output=True)
+            assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return project
+
+
+@pytest.fixture(scope="module")
+def in_worker(tmp_path_factory, digits_dir) -> Path:
+    """The same runs built one after another in one worker process of one shard job."""
+    project = make_project(tmp_path_factory.mktemp("worker"), digits_dir)
+    proc = shard(project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return project
+
+
+def test_runs_built_in_one_worker_equal_the_runs_built_alone_bit_for_bit(alone: Path, in_worker: Path) -> None:
+    for rid in IDS:
+        assert_identical(results(alone, rid), results(in_worker, rid))
+    record = qio.read_json(in_worker / "results" / "shards" / "digits-0of1.json")
+    assert [w["runs"] for w in record["workers"]] == [3]  # one worker process built all three
+    assert {r["action"] for r in record["runs"].values()} == {"trained"}
+    assert record["compute_seconds"] > 0 and record["overhead_seconds"] > 0
+    for rid in IDS:  # each run's stderr went to its own log; the checkpoint is gone
+        assert f"{rid}: completed" in (in_worker / "logs" / "train" / f"{rid}.log").read_text()
+        assert not (in_worker / "results" / "runs" / rid / "checkpoint.pt").exists()
+
+
+def test_a_rerun_skips_finished_runs_and_remeasures_by_content(in_worker: Path, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    shutil.copytree(in_worker, project)
+    models = {rid: (project / "results/runs" / rid / "model.pt").read_bytes() for rid in IDS}
+    proc = shard(project)
+    assert proc.returncode == 0 and "3 done; 0 worker" in proc.stderr, proc.stderr
+    # other measure settings recorded in one run: that run is measured again, nothing is trained
+    measures = project / "results/runs" / IDS[1] / "measures.json"
+    qio.write_json(measures, {**qio.read_json(measures), "settings": {"examples": 7}})
+    proc = shard(project)
+    assert proc.returncode == 0 and "0 to train, 1 to measure, 2 done" in proc.stderr, proc.stderr
+    assert qio.read_json(measures)["settings"] == json.loads(SETTINGS)
+    record = qio.read_json(project / "results/shards/digits-0of1.json")
+    assert record["runs"][IDS[1]]["action"] == "measured" and record["runs"][IDS[0]]["action"] == "skipped"
+    assert models == {rid: (project / "results/runs" / rid / "model.pt").read_bytes() for rid in IDS}
+
+
+def test_run_state_is_decided_by_content(in_worker: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(in_worker / "results/runs" / IDS[0], run)
+    checksum = data_checksum(in_worker / "data/prepared/digits/meta.json")
+    settings = canonical_settings(json.loads(SETTINGS))
+    assert run_state(run, IDS[0], checksum, settings) == DONE
+    assert run_state(run, IDS[0], checksum, canonical_settings({"examples": 1})) == MEASURE
+    assert run_state(run, IDS[0], "another-checksum", settings) == TRAIN  # data changed: retrain
+    assert run_state(run, IDS[1], checksum, settings) == TRAIN  # another run's files
+    (run / "measures.json").write_text("{truncated")
+    assert run_state(run, IDS[0], checksum, settings) == MEASURE
+    (run / "model.pt").unlink()
+    assert run_state(run, IDS[0], checksum, settings) == TRAIN
+
+
+def test_two_worker_processes_at_once_equal_one_at_a_time(in_worker: Path, tmp_path: Path, digits_dir) -> None:
+    project = make_project(tmp_path, digits_dir)
+    proc = shard(project, parallel_runs=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = qio.read_json(project / "results/shards/digits-0of1.json")
+    assert len(record["workers"]) == 2 and sum(w["runs"] for w in record["workers"]) == 3
+    for rid in IDS:
+        assert_identical(results(in_worker, rid), results(project, rid))
+
+
+def test_a_failing_run_fails_alone_and_names_its_log(in_worker: Path, tmp_path: Path, digits_dir) -> None:
+    bad = make_spec(seed=5, train={"max_epochs": 2})
+    bad["model"]["pretrained"] = {"name": "nowhere", "sha256": "0" * 64}  # no weights file anywhere
+    bad_id = run_id(bad)
+    project = make_project(tmp_path, digits_dir, [*SPECS, bad])
+    proc = subprocess.run(
+        shard_command([IDS[0], bad_id, IDS[2]]),
+        cwd=project,
+        env={**env(), "QGEN_WEIGHTS": str(tmp_path / "no-weights")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    log = f"logs/train/{bad_id}.log"
+    assert f"{bad_id} failed" in proc.stderr and log in proc.stderr, proc.stderr
+    assert "no-weights/nowhere.pth" in (project / log).read_text()
+    assert not (project / "results/shards/digits-0of1.json").exists()  # the shard is not done
+    for rid in (IDS[0], IDS[2]):  # the siblings before and after it are built and intact
+        assert_identical(results(in_worker, rid), results(project, rid))
+
+
+def test_a_worker_killed_mid_shard_resumes_with_identical_results(in_worker: Path, tmp_path, digits_dir) -> None:
+    project = make_project(tmp_path, digits_dir)
+    slow = {"checkpoint_every": 1}
+    proc = subprocess.Popen(
+        shard_command(IDS), cwd=project, env=env(**slow), stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    second = project / "results/runs" / IDS[1]
+    deadline = time.monotonic() + 120
+    while not (second / "checkpoint.pt").exists():  # the first run is finished, the second is training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)  # what SLURM does on preemption: every process of the job
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted" in err and not (project / "results/shards/digits-0of1.json").exists()
+    assert_identical(results(in_worker, IDS[0]), results(project, IDS[0]))  # the finished run is kept
+    assert (second / "checkpoint.pt").exists()
+    resumed = shard(project, **slow)
+    assert resumed.returncode == 0 and "1 done" in resumed.stderr, resumed.stderr
+    assert "resum" in (project / "logs/train" / f"{IDS[1]}.log").read_text().lower()
+    for rid in IDS:
+        assert_identical(results(in_worker, rid), results(project, rid))
+
+
+def test_partition_is_stable_balanced_and_per_dataset() -> None:
+    ids = {f"digits-mlp-fp32-{i * 2654435761 % 2**32:08x}": "digits" for i in range(100)}
+    ids |= {f"mnist5k-mlp-fp32-{i * 40503 % 2**32:08x}": "mnist5k" for i in range(9)}
+    shards = partition(ids, 8)
+    assert sorted(r for rs in shards.values() for r in rs) == sorted(ids)
+    assert {name.rsplit("of", 1)[1] for name in shards if name.startswith("digits")} == {"16"}
+    assert all(len({ids[r] for r in rs}) == 1 for rs in shards.values())
+    assert max(len(rs) for rs in shards.values()) <= 16
+    # adding runs moves no run to another shard until the count crosses a power of two
+    more = ids | {"digits-mlp-fp32-0000000a": "digits"}
+    moved = partition(more, 8)
+    assert all(set(rs) <= set(moved[name]) for name, rs in shards.items())
+    with pytest.raises(ValueError, match="shard_runs"):
+        partition(ids, 0)
