@@ -49,17 +49,30 @@ QUANT = {
 }
 
 
-def spec_of(family: str, quant: str) -> dict[str, Any]:
-    model, optim = FAMILIES[family]
+def run_spec(
+    model: dict[str, Any],
+    optim: dict[str, Any],
+    quant: str,
+    where: str,
+    data: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The normalized run spec of ``model`` with ``optim``, quantized as QUANT[quant] (seed 0; by default
+    CIFAR-10 and 200 epochs without a CE target)."""
     spec = {
-        "data": {"name": "cifar10"},
+        "data": dict(data or {"name": "cifar10"}),
         "model": dict(model),
         "quant": dict(QUANT[quant]),
-        "optim": {**optim, "schedule": "cosine"},
-        "train": {"max_epochs": 200, "target_ce": None},
+        "optim": dict(optim),
+        "train": dict(train or {"max_epochs": 200, "target_ce": None}),
         "seed": 0,
     }
-    return normalize_spec(validate(spec, run_spec_schema(), where=family))
+    return normalize_spec(validate(spec, run_spec_schema(), where=where))
+
+
+def spec_of(family: str, quant: str) -> dict[str, Any]:
+    model, optim = FAMILIES[family]
+    return run_spec(model, {**optim, "schedule": "cosine"}, quant, where=family)
 
 
 def epoch_seconds(spec: dict[str, Any], data: Any, device: torch.device) -> tuple[float, int, float | None]:

@@ -71,6 +71,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
 #: CIFAR-10's per-channel training statistics (pixel/255)
 NORMALIZATION = {"scale": 1 / 255, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+#: the CIFAR augmentation: random crop with 4 pixels of padding, horizontal flip
+CIFAR_AUGMENT = {"crop_padding": 4, "flip": True}
 #: the settings that carry a measure's example count: (lap names, settings path)
 EXAMPLE_KEYS = {
     ("noise",): ("noise", "examples"),
@@ -120,17 +122,36 @@ def make_clock(device: torch.device) -> Callable[[], float]:
     return clock
 
 
-def synthetic_data(n: int, device: torch.device, seed: int = 0) -> RunData:
+def synthetic_data(
+    n: int, device: torch.device, seed: int = 0, augment: dict[str, Any] | str | None = CIFAR_AUGMENT
+) -> RunData:
     """n random uint8 CIFAR-10-shaped images (10 classes) resident on ``device``, normalized per batch
-    by CIFAR-10's statistics, the CIFAR augmentation on training batches."""
+    by CIFAR-10's statistics, ``augment`` (a run spec's ``data.augment``; default the CIFAR augmentation)
+    on training batches."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, *SHAPE), generator=gen, dtype=torch.uint8)
     y = torch.randint(0, 10, (n,), generator=gen)
     norm = Standardize.from_meta(NORMALIZATION)
-    train = TensorSplit(x, y, norm, augment=Augment(crop_padding=4, flip=True), device=device)
+    train = TensorSplit(x, y, norm, augment=Augment.from_spec(augment), device=device)
     test = TensorSplit(x[:256], y[:256], norm, device=device)
     meta = {"num_classes": 10, "input_shape": list(SHAPE), "checksum": "synthetic"}
     return RunData("cifar10-synthetic", meta, train, test)
+
+
+def training_setup(
+    spec: dict[str, Any], data: RunData, device: torch.device
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The run's model on ``device`` (seed 0, quantizers calibrated on 256 training images) in training
+    mode, the training loop's optimizer step on it (qgen.train.loop.batch_step) and a fixed random order
+    of the training examples."""
+    torch.manual_seed(0)
+    model = build_model(spec, data.input_shape, data.num_classes).to(device)
+    optimizer = build_optimizer(model, spec["optim"])
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+    init_quantizers(model, next(iter(data.train.batches(256, order[:256])))[0])
+    step = batch_step(model, optimizer, spec["train"].get("loss", "ce"))
+    model.train()
+    return model, step, order
 
 
 def time_training(
@@ -139,15 +160,8 @@ def time_training(
     """Seconds per optimizer step (``steps`` of them after a warm-up step; None: a whole epoch of the
     resident set) and per evaluated training example (``eval_examples``; None: all)."""
     clock = make_clock(device)
-    torch.manual_seed(0)
-    model = build_model(spec, data.input_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(model, spec["optim"])
+    model, step, order = training_setup(spec, data, device)
     batch = spec["optim"]["batch_size"]
-    n = len(data.train)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    init_quantizers(model, next(iter(data.train.batches(256, order[:256])))[0])
-    step = batch_step(model, optimizer, spec["train"].get("loss", "ce"))
-    model.train()
     step(*next(iter(data.train.batches(batch, order[:batch], augment=True))))  # warm-up
     timed = order if steps is None else order[batch : batch * (steps + 1)]
     t0, count = clock(), 0

@@ -7,9 +7,12 @@
 #   2. one epoch of CIFAR-10-shaped synthetic data (50,000 uint8 images resident on the GPU, augmented
 #      there) per model, and every measure at its default settings (benchmarks/measure_cost.py);
 #   3. one epoch of the same data for every model family, float and LSQ W4A4 (benchmarks/family_epoch.py);
-#      the families' one-step CUDA tests run in part 1 (tests/test_model_families.py).
+#      the families' one-step CUDA tests run in part 1 (tests/test_model_families.py);
+#   4. training throughput of NiN, ResNet-20 and the small ViT, float and LSQ W4A4, one run at a time vs
+#      K = 8 spawned processes at once on the GPU: images/s, models per hour (benchmarks/gpu_throughput.py).
 #
-# Budget: under 8 minutes in all (each part has its own timeout). Prepare once, here:
+# Budget: under 8 minutes in all (each part has its own timeout: 115 + 100 + 100 + 150 s, and about 10 s of
+# set-up). Prepare once, here:
 #   bash scripts/gpu_check.sh --wheels     # downloads the missing pure-Python wheels into .whl/ (ignored)
 # then run it there with the device tool: command `bash scripts/gpu_check.sh`, carry [".whl"].
 set -uo pipefail
@@ -45,12 +48,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 status=0
 echo "== 1. gpu tests (CUDA vs CPU)"
-timeout 150 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py \
+timeout 115 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py \
   tests/test_measure_values.py tests/test_augment.py tests/test_model_families.py 2>&1 | tee "$out/gpu_tests.log" || status=1
 
 echo "== 2. CIFAR-10-shaped epoch per model and the measures' cost on CUDA"
-timeout 150 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
+timeout 100 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
 
 echo "== 3. one epoch per model family (float and LSQ W4A4) on CUDA"
-timeout 170 "$python" benchmarks/family_epoch.py --device cuda 2>&1 | tee "$out/family_epoch_cuda.log" || status=1
+timeout 100 "$python" benchmarks/family_epoch.py --device cuda 2>&1 | tee "$out/family_epoch_cuda.log" || status=1
+
+echo "== 4. training throughput, one run at a time vs K at once, float and LSQ W4A4, on CUDA"
+timeout 150 "$python" benchmarks/gpu_throughput.py --device cuda 2>&1 | tee "$out/gpu_throughput_cuda.log" || status=1
 exit $status

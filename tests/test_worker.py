@@ -22,7 +22,7 @@ from qgen.experiments import run_id, runs_table
 from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, partition, run_state
 from tests.conftest import TINY_MEASURES, make_spec
 
-SETTINGS = json.dumps(validate(json.loads(json.dumps(TINY_MEASURES)), measures_schema(), where="t"), sort_keys=True)
+SETTINGS = json.dumps(validate(dict(TINY_MEASURES), measures_schema(), where="test"), sort_keys=True)
 SPECS = [
     make_spec(seed=0, train={"max_epochs": 3}),
     make_spec(seed=1, quant={"method": "uniform", "weight_bits": 2, "act_bits": 8}, train={"max_epochs": 3}),
@@ -43,7 +43,8 @@ def make_project(root: Path, digits_dir: Path, specs: list[dict] = SPECS) -> Pat
 
 
 def env(**runtime) -> dict[str, str]:
-    return {**os.environ, "QGEN_RUNTIME": json.dumps({"device": "cpu", "threads": 1, **runtime})}
+    runtime = {"device": "cpu", "threads": 1, **runtime}
+    return {**os.environ, "QGEN_RUNTIME": json.dumps(runtime), "QGEN_MEASURES": SETTINGS}
 
 
 def shard_command(ids: list[str], name: str = "digits-0of1") -> list[str]:
@@ -83,7 +84,7 @@ def alone(tmp_path_factory, digits_dir) -> Path:
         measure += ["data/prepared/digits/meta.json", "--settings", SETTINGS, "--cache", cache]
         measure += ["--out", f"{run}/measures.json"]
         for cmd in (train, measure):
-            proc = subprocess.run(cmd, cwd=project, env={**env(), "QGEN_MEASURES": SETTINGS}, capture_output=True)
+            proc = subprocess.run(cmd, cwd=project, env=env(), capture_output=True)
             assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     return project
 
@@ -97,7 +98,7 @@ def in_worker(tmp_path_factory, digits_dir) -> Path:
     return project
 
 
-def test_runs_built_in_one_worker_equal_the_runs_built_alone_bit_for_bit(alone: Path, in_worker: Path) -> None:
+def test_runs_built_in_one_worker_equal_the_runs_built_alone_bit_for_bit(alone, in_worker: Path) -> None:
     for rid in IDS:
         assert_identical(results(alone, rid), results(in_worker, rid))
     record = qio.read_json(in_worker / "results" / "shards" / "digits-0of1.json")
@@ -141,7 +142,7 @@ def test_run_state_is_decided_by_content(in_worker: Path, tmp_path: Path) -> Non
     assert run_state(run, IDS[0], checksum, settings) == TRAIN
 
 
-def test_two_worker_processes_at_once_equal_one_at_a_time(in_worker: Path, tmp_path: Path, digits_dir) -> None:
+def test_two_worker_processes_at_once_equal_one_at_a_time(in_worker: Path, tmp_path, digits_dir) -> None:
     project = make_project(tmp_path, digits_dir)
     proc = shard(project, parallel_runs=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -172,12 +173,13 @@ def test_a_failing_run_fails_alone_and_names_its_log(in_worker: Path, tmp_path: 
         assert_identical(results(in_worker, rid), results(project, rid))
 
 
-def test_a_worker_killed_mid_shard_resumes_with_identical_results(in_worker: Path, tmp_path, digits_dir) -> None:
+def test_a_worker_killed_mid_shard_resumes_with_identical_results(in_worker, tmp_path, digits_dir) -> None:
     project = make_project(tmp_path, digits_dir)
     slow = {"checkpoint_every": 1}
     proc = subprocess.Popen(
-        shard_command(IDS), cwd=project, env=env(**slow), stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        shard_command(IDS), cwd=project, env=env(**slow), stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as Snakemake and SLURM give a job
+    )  # fmt: skip
     second = project / "results/runs" / IDS[1]
     deadline = time.monotonic() + 120
     while not (second / "checkpoint.pt").exists():  # the first run is finished, the second is training

@@ -112,8 +112,12 @@ def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None
     assert len((built / "results/runs.tsv").read_text().splitlines()) == 5
     for log in ("logs/prepare_data/digits.log", f"logs/train/{runs['run_id'][0]}.log"):
         assert (built / log).exists()
-    # measures were computed inside each training job and adopted by the measure rule
-    assert "adopted" in (built / f"logs/measure/{runs['run_id'][0]}.log").read_text()
+    # the 4 runs were built in one shard job, trained and measured by one worker process
+    (record,) = [json.loads(p.read_text()) for p in (built / "results/shards").glob("*.json")]
+    assert sorted(record["runs"]) == sorted(runs["run_id"]) and len(record["workers"]) == 1
+    assert {r["action"] for r in record["runs"].values()} == {"trained"}
+    assert (built / f"logs/shards/{record['shard']}.log").exists()
+    assert not (built / "logs/measure").exists()
     assert not list((built / "results/runs").glob("*/measures.cache.json"))
     assert (built / "reports/tiny.html").stat().st_size > 100_000
     claims = json.loads((built / "results/tiny/claims.json").read_text())["claims"]
@@ -143,8 +147,20 @@ def test_rebuilding_a_run_gives_identical_metrics_and_nothing_else_reruns(built:
     assert "train" in proc.stderr and proc.stderr.count("rule train") == 1
     after = json.loads((run_dir / "metrics.json").read_text())
     assert after["metrics"] == before["metrics"] and after["spec"] == before["spec"]
+    assert "rule shard" not in proc.stderr  # one run's file builds that run only, not its shard
     dry = snakemake(built, "-n")
-    assert "rule train" not in dry.stdout + dry.stderr
+    assert "rule train" not in dry.stdout + dry.stderr and "rule shard" not in dry.stdout + dry.stderr
+
+
+def test_a_run_file_removed_by_hand_is_named_with_the_command_that_rebuilds_it(built: Path) -> None:
+    measures = next((built / "results/runs").glob("*/measures.json"))
+    saved = measures.read_bytes()
+    measures.unlink()
+    try:
+        dry = snakemake(built, "-n")
+        assert "lack files" in dry.stderr and "--forcerun shard" in dry.stderr
+    finally:
+        measures.write_bytes(saved)
 
 
 def test_editing_runtime_settings_does_not_retrain(built: Path) -> None:
@@ -152,20 +168,24 @@ def test_editing_runtime_settings_does_not_retrain(built: Path) -> None:
     (built / "tiny.yaml").write_text(text.replace("checkpoint_every: 1", "checkpoint_every: 3"))
     try:
         dry = snakemake(built, "-n")
-        assert "rule train" not in dry.stdout + dry.stderr
+        assert "rule train" not in dry.stdout + dry.stderr and "rule shard" not in dry.stdout + dry.stderr
     finally:
         (built / "tiny.yaml").write_text(text)
 
 
-def test_editing_measure_settings_remeasures_without_retraining(built: Path) -> None:
-    text = (built / "tiny.yaml").read_text()
-    (built / "tiny.yaml").write_text(text.replace("pacbayes: {depth: 8}", "pacbayes: {depth: 9}"))
-    try:
-        dry = snakemake(built, "-n")
-        out = dry.stdout + dry.stderr
-        assert "rule measure" in out and "rule train" not in out and "rule evaluate" not in out
-    finally:
-        (built / "tiny.yaml").write_text(text)
+def test_editing_measure_settings_remeasures_without_retraining(built: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(built, project, symlinks=True)
+    text = (project / "tiny.yaml").read_text()
+    (project / "tiny.yaml").write_text(text.replace("pacbayes: {depth: 8}", "pacbayes: {depth: 9}"))
+    models = {p: p.read_bytes() for p in (project / "results/runs").glob("*/model.pt")}
+    proc = snakemake(project)
+    assert "rule shard" in proc.stderr and "rule train" not in proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in (project / "results/shards").glob("*.json")]
+    assert {r["action"] for r in record["runs"].values()} == {"measured"}
+    assert models == {p: p.read_bytes() for p in models}  # not retrained
+    for path in (project / "results/runs").glob("*/measures.json"):
+        assert json.loads(path.read_text())["settings"]["pacbayes"]["depth"] == 9
 
 
 def test_invalid_config_stops_the_workflow_with_a_clear_message(tmp_path: Path) -> None:
@@ -188,10 +208,10 @@ def test_a_configfile_replaces_the_default_config(tmp_path: Path) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
         return proc.stdout + proc.stderr
 
-    def planned_training_jobs(out: str) -> int:
-        found = re.search(r"^train\s+(\d+)$", out, re.M)
+    def planned_training_jobs(out: str) -> int:  # runs of the shard jobs planned
+        found = re.findall(r"qgen shard \S+ --run-ids (\S+)", out)
         assert found, out[-3000:]
-        return int(found.group(1))
+        return sum(len(ids.split(",")) for ids in found)
 
     tiny = str(tmp_path / "tiny.yaml")
     assert planned_training_jobs(dry_run("--configfile", tiny)) == 4

@@ -221,7 +221,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     from qgen.runs_table import collect, write_csv
 
-    write_csv(collect(args.metrics, args.experiment, args.measures), args.out)
+    metrics, measures = list(args.metrics), list(args.measures)
+    if args.runs_table:  # every run of the experiment in the runs table, from its folder in --runs-dir
+        from qgen.shards import experiment_runs
+
+        run_dirs = [
+            Path(args.runs_dir) / rid for rid in experiment_runs(Path(args.runs_table), args.experiment)
+        ]
+        missing = [
+            str(d / f) for d in run_dirs for f in ("metrics.json", "measures.json") if not (d / f).exists()
+        ]
+        if missing:
+            raise SystemExit(
+                f"{len(missing)} run files are missing, e.g. {missing[0]}: their shard is recorded as done, "
+                "so rebuild with `snakemake --forcerun shard` (shard jobs skip finished runs)"
+            )
+        metrics += [str(d / "metrics.json") for d in run_dirs]
+        measures += [str(d / "measures.json") for d in run_dirs]
+    if not metrics:
+        raise SystemExit(f"no runs to collect for experiment {args.experiment}")
+    write_csv(collect(metrics, args.experiment, measures), args.out)
     return 0
 
 
@@ -370,7 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("metrics", nargs="+")
+    p.add_argument("metrics", nargs="*", help="metrics.json files (or --runs-table)")
+    p.add_argument(
+        "--runs-table", help="results/runs.tsv: collect every run of the experiment from --runs-dir"
+    )
+    p.add_argument("--runs-dir", default="results/runs")
     p.add_argument("--measures", nargs="*", default=[], help="measures.json files, matched to runs by run id")
     p.set_defaults(func=cmd_collect)
 

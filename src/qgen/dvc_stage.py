@@ -44,7 +44,7 @@ PUSHED = ("data/prepared", "results/runs")
 CONFIG = "config/default.yaml"
 #: rules of the expensive stages; everything else is cheap and rebuilt when its stage runs
 PREPARE_RULES = ("prepare_data",)
-RUN_RULES = ("train", "measure")
+RUN_RULES = ("shard", "train", "measure")
 #: cheap per-experiment stages named by their rules; ``report`` takes the experiment's other files
 STAGE_RULES = {"collect": ("collect",), "analyse": ("analyse", "summary"), "notebook": ("notebook",)}
 EXPERIMENT_STAGES = ("collect", "analyse", "report", "notebook")
@@ -101,6 +101,33 @@ def stale_measures(config: dict, root: Path) -> list[str]:
         path = root / "results" / "runs" / run_id / "measures.json"
         if path.exists() and canonical_json(read_json(path).get("settings") or {}) != wanted:
             stale.append(path.relative_to(root).as_posix())
+    return stale
+
+
+def pending_shards(config: dict, root: Path) -> list[str]:
+    """Records of the shards (results/shards/<shard>.json) with a run that is not done by content
+    (qgen.shards.run_state: missing files, other data, other measure settings): forced, since a shard's
+    record may be older than nothing it depends on and still be stale."""
+    from qgen.config import measures_schema, validate
+    from qgen.experiments import all_runs
+    from qgen.shards import DONE, canonical_settings, data_checksum, partition, run_state
+
+    runs = all_runs(config)
+    settings = canonical_settings(validate(dict(config["measures"]), measures_schema(), where="measures"))
+    shard_runs = int(config.get("runtime", {}).get("shard_runs", 8))
+    checksums: dict[str, str | None] = {}
+    stale = []
+    for name, ids in partition({rid: r.spec["data"]["name"] for rid, r in runs.items()}, shard_runs).items():
+        record = root / "results" / "shards" / f"{name}.json"
+        if not record.exists():
+            continue  # missing: Snakemake builds it anyway
+        for rid in ids:
+            dataset = runs[rid].spec["data"]["name"]
+            if dataset not in checksums:
+                checksums[dataset] = data_checksum(root / "data" / "prepared" / dataset / "meta.json")
+            if run_state(root / "results" / "runs" / rid, rid, checksums[dataset], settings) != DONE:
+                stale.append(record.relative_to(root).as_posix())
+                break
     return stale
 
 
@@ -172,8 +199,10 @@ def plan(
         stale = stale_measures(config, root)
         if stale:
             _say(f"{len(stale)} measures.json computed with other measure settings than {CONFIG}")
-        # --until names the last rules only: with train listed too, Snakemake stops before measure
-        return ["all"], [*stale, "runs_table"], ("measure", "runs_table")
+        pending = pending_shards(config, root)
+        if pending:
+            _say(f"{len(pending)} shards have runs to train or measure: {' '.join(pending[:5])}")
+        return ["all"], [*pending, "runs_table"], ("shard", "runs_table")
     raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
 
 

@@ -15,6 +15,7 @@ from qgen.experiments import (
     runs_table,
     weights_path,
 )
+from qgen.shards import RUN_FILES, SHARD_PATTERN, partition, shards_of
 
 min_version("9.0")
 
@@ -33,6 +34,9 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 # each result records them in its provenance.
 RUNTIME = config["runtime"]
 os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
+# Shards (qgen.shards): `all` builds the runs in shard jobs of about runtime.shard_runs runs each, one
+# job per shard in the DAG; the per-run rules build a run on its own when one of its files is asked for.
+SHARDS = partition({rid: run.spec["data"]["name"] for rid, run in RUNS.items()}, RUNTIME["shard_runs"])
 # The training job also measures its model (one interpreter start per run instead of two) into a
 # cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
 MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
@@ -62,17 +66,22 @@ def cluster_setting(key):
     return value
 
 
-def rule_resources(rule):
-    """The resources: of a rule that runs as a cluster job, from config.resources.<rule>."""
-    settings = config["resources"][rule]
-    gpus = settings.get("gpus", 0)
-    res = {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"], "gpu": gpus}
+def placement(gpus):
+    """Partition and account of a cluster job asking for ``gpus`` GPUs (none set: SLURM's defaults)."""
+    res = {}
     partition = (cluster_setting("gpu_partition") if gpus else None) or cluster_setting("partition")
     if partition:
         res["slurm_partition"] = partition
     if cluster_setting("account"):
         res["slurm_account"] = cluster_setting("account")
     return res
+
+
+def rule_resources(rule):
+    """The resources: of a rule that runs as a cluster job, from config.resources.<rule>."""
+    settings = config["resources"][rule]
+    gpus = settings.get("gpus", 0)
+    return {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"], "gpu": gpus, **placement(gpus)}
 
 
 # Passed on to jobs in distributed execution.
@@ -85,6 +94,7 @@ envvars:
 
 wildcard_constraints:
     run_id=RUN_ID_PATTERN,
+    shard=SHARD_PATTERN,
     dataset=DATASET_PATTERN,
     experiment="[A-Za-z0-9_]+",
 
@@ -105,17 +115,69 @@ def run_spec_json(wildcards):
 DATA_FILES = {"train": "train.pt", "test": "test.pt", "meta": "meta.json"}
 
 
-def run_data(wildcards):
-    name = run_record(wildcards.run_id).spec["data"]["name"]
+def data_files(name):
     return {key: f"data/prepared/{name}/{file}" for key, file in DATA_FILES.items()}
 
 
-def experiment_run_files(wildcards):
-    run_ids = [rid for rid, run in RUNS.items() if wildcards.experiment in run.experiments]
+def run_data(wildcards):
+    return data_files(run_record(wildcards.run_id).spec["data"]["name"])
+
+
+def shard_record(name):
+    return f"results/shards/{name}.json"
+
+
+def shard_runs(name):
+    if name not in SHARDS:
+        raise ValueError(f"shard {name} is not formed by the current config (runtime.shard_runs)")
+    return SHARDS[name]
+
+
+def shard_data(wildcards):
+    """The prepared files of a shard's dataset (one dataset per shard)."""
+    return data_files(RUNS[shard_runs(wildcards.shard)[0]].spec["data"]["name"])
+
+
+def shard_resources():
+    """A shard job's request: parallel_runs runs at once, each with one run's CPUs (threads, the rule's
+    threads) and memory; one GPU shared by them when a run asks for one; the runtimes of its runs,
+    parallel_runs at a time (config.resources.train and .measure are per run)."""
+    train, measure = config["resources"]["train"], config["resources"]["measure"]
+    k = RUNTIME["parallel_runs"]
+    gpus = min(1, max(train.get("gpus", 0), measure.get("gpus", 0)))
+    per_run = train["runtime"] + measure["runtime"]
     return {
-        "metrics": expand("results/runs/{run_id}/metrics.json", run_id=run_ids),
-        "measures": expand("results/runs/{run_id}/measures.json", run_id=run_ids),
+        "mem_mb": k * max(train["mem_mb"], measure["mem_mb"]),
+        "runtime": lambda wildcards: -(-len(shard_runs(wildcards.shard)) // k) * per_run,
+        "gpu": gpus,
+        **placement(gpus),
     }
+
+
+def experiment_shards(wildcards):
+    run_ids = [rid for rid, run in RUNS.items() if wildcards.experiment in run.experiments]
+    return [shard_record(name) for name in shards_of(SHARDS, run_ids)]
+
+
+def incomplete_shards():
+    """Shards recorded as done although a file of one of their runs is gone (deleted by hand): the DAG
+    cannot see it (the per-run files are not inputs of any job of `all`), so say how to rebuild them."""
+    return [
+        name
+        for name, ids in SHARDS.items()
+        if os.path.exists(shard_record(name))
+        and not all(os.path.exists(f"results/runs/{rid}/{f}") for rid in ids for f in RUN_FILES)
+    ]
+
+
+INCOMPLETE = incomplete_shards()
+if INCOMPLETE:  # (printed: Snakemake's logger is not set up yet while the Snakefile is read)
+    print(
+        f"qgen: {len(INCOMPLETE)} shards recorded as done have runs that lack files (removed by hand?), e.g. "
+        f"{INCOMPLETE[0]}. Rebuild them with `snakemake --forcerun shard` (shard jobs skip their finished "
+        "runs) or delete their records under results/shards/.",
+        file=sys.stderr,
+    )
 
 
 def runs_table_text(wildcards):

@@ -18,7 +18,8 @@ rule runs_table:
 
 rule collect:
     input:
-        unpack(experiment_run_files),
+        runs="results/runs.tsv",
+        shards=experiment_shards,
     output:
         "results/{experiment}/runs.csv",
     log:
@@ -31,8 +32,8 @@ rule collect:
         mem_mb=1000,
         runtime=10,
     shell:
-        "qgen collect --experiment {wildcards.experiment} --out {output:q} {input.metrics:q}"
-        " --measures {input.measures:q} 2> {log:q}"
+        "qgen collect --experiment {wildcards.experiment} --out {output:q} --runs-table {input.runs:q}"
+        " --runs-dir results/runs 2> {log:q}"
 
 
 rule analyse:

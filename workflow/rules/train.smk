@@ -1,4 +1,36 @@
-# Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
+# Shards: `all` builds the runs in shard jobs (qgen.shards, qgen.worker). One job per shard of about
+# runtime.shard_runs runs (results/shards/<shard>.json records what it did): a worker process imports
+# torch once and builds the shard's runs one after another (runtime.parallel_runs of them at once), each
+# with the same code as the per-run rules below, its log in logs/train/<run_id>.log. The job decides from
+# file contents what each run needs (train, only measure, or nothing) and skips finished runs, so a
+# rerun after a failure, a preemption or new measure settings (a param here) does only what is missing.
+# The per-run files are written by the shard job but declared only by the per-run rules: declared here,
+# they would be deleted when one run of the shard fails, and a single run's file would build its whole
+# shard. docs/architecture.md ("Shards") explains the choice.
+
+
+rule shard:
+    input:
+        unpack(shard_data),
+        runs=ancient("results/runs.tsv"),  # the runs' specs; a rewritten table alone reruns nothing
+    output:
+        record="results/shards/{shard}.json",
+    params:
+        run_ids=lambda wildcards: ",".join(shard_runs(wildcards.shard)),
+        settings=MEASURES_JSON,
+    log:
+        "logs/shards/{shard}.log",
+    conda:
+        "../../environment.yml"
+    threads: RUNTIME["threads"] * RUNTIME["parallel_runs"]
+    resources:
+        **shard_resources(),
+    shell:
+        "qgen shard {wildcards.shard} --run-ids {params.run_ids} --runs-table {input.runs:q}"
+        " --settings {params.settings:q} --out {output.record:q} 2> {log:q}"
+
+
+# One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
 # rule adopts when its settings and the model file still match (an interpreter start with torch costs
 # more than a small run's training). Each run's files stay separate DAG targets; measure settings are
 # params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
