@@ -154,14 +154,26 @@ def run_ids(config: Path) -> list[str]:
 
 
 # ---- the profile without a cluster (dry runs) -----------------------------------------------------
-def test_profile_name_resolves_from_the_repository_root_and_groups_runs(tmp_path) -> None:
+def test_profile_name_resolves_from_the_repository_root_and_packs_runs(tmp_path) -> None:
     (tmp_path / "config.yaml").write_text(TINY)
     dry = run_slurm(tmp_path, "all", "-n")
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-3000:]
     assert "Using profiles slurm and workflow specific profile profiles/default" in out
-    assert out.count("Group job runs") == 1  # the 4 runs' 8 jobs in one group job (up to 20 runs)
-    per_run = run_slurm(tmp_path, "all", "-n", "--group-components", "runs=1")
+    # `all`: the 4 runs in one shard job (up to 2 x runtime.shard_runs per shard), no per-run jobs
+    assert out.count("rule shard:") == 1 and "rule train:" not in out and "Group job" not in out
+    small = tmp_path / "small_shards"
+    small.mkdir()
+    (small / "config.yaml").write_text(
+        TINY.replace("checkpoint_every: 1}", "checkpoint_every: 1, shard_runs: 1}")
+    )
+    more = run_slurm(small, "all", "-n")
+    assert (more.stdout + more.stderr).count("rule shard:") > 1  # 4 buckets of digits runs
+    # runs asked for one by one: their per-run jobs in one group job (up to 20 runs), or one per run
+    targets = [f"results/runs/{rid}/measures.json" for rid in run_ids(tmp_path / "config.yaml")]
+    grouped = run_slurm(tmp_path, *targets, "-n")
+    assert (grouped.stdout + grouped.stderr).count("Group job runs") == 1
+    per_run = run_slurm(tmp_path, *targets, "-n", "--group-components", "runs=1")
     assert (per_run.stdout + per_run.stderr).count("Group job runs") == 4
 
 
@@ -171,14 +183,28 @@ def test_cluster_resources_come_from_config_then_environment(tmp_path, monkeypat
     monkeypatch.setenv("QGEN_SLURM_GPU_PARTITION", "gpuq")
     monkeypatch.setenv("QGEN_SLURM_ACCOUNT", "proj")
     out = run_slurm(tmp_path, "all", "-n").stdout
+    # the shard job: one GPU for its runs, one run's memory (the larger of train and measure) per run at
+    # once, the runtimes of its 4 runs one after another: 4 x (120 + 60) min
+    shard = "runtime=720, gpu=1, slurm_partition=gpuq, slurm_account=proj, mem_mb=4000"
+    assert out.count(shard) == 1
+    assert "runtime=10, gpu=0, slurm_partition=cpuq, slurm_account=proj, mem_mb=2000" in out  # prepare_data
+    (tmp_path / "config.yaml").write_text(
+        TINY.replace("checkpoint_every: 1}", "checkpoint_every: 1, parallel_runs: 2}")
+        + "resources:\n  train: {gpus: 1, mem_mb: 3000}\n"
+    )
+    two = run_slurm(tmp_path, "all", "-n").stdout
+    assert "runtime=360, gpu=1, slurm_partition=gpuq, slurm_account=proj, mem_mb=8000" in two
+    assert re.search(r"rule shard:(?:\n    .*)*\n    threads: 2", two), two[-3000:]  # 2 runs x 1 thread
+    (tmp_path / "config.yaml").write_text(TINY + "resources:\n  train: {gpus: 1, mem_mb: 3000}\n")
+    rid = run_ids(tmp_path / "config.yaml")[0]
+    out = run_slurm(tmp_path, f"results/runs/{rid}/measures.json", "-n").stdout  # the per-run rules
     train = "runtime=120, gpu=1, slurm_partition=gpuq, slurm_account=proj, runs_at_once=1, mem_mb=3000"
     measure = "runtime=60, gpu=0, slurm_partition=cpuq, slurm_account=proj, runs_at_once=1, mem_mb=4000"
-    assert out.count(train) == 4 and out.count(measure) == 4
-    assert "runtime=10, gpu=0, slurm_partition=cpuq, slurm_account=proj, mem_mb=2000" in out  # prepare_data
+    assert out.count(train) == 1 and out.count(measure) == 1
 
     (tmp_path / "config.yaml").write_text(TINY + "cluster: {partition: short, account: other}\n")
     out = run_slurm(tmp_path, "all", "-n").stdout
-    assert out.count("slurm_partition=short, slurm_account=other") == 9  # config wins over environment
+    assert out.count("slurm_partition=short, slurm_account=other") == 2  # config wins over environment
 
     monkeypatch.setenv("QGEN_SLURM_PARTITION", "a b; rm -rf /")
     (tmp_path / "config.yaml").write_text(TINY)
@@ -208,17 +234,19 @@ def test_profile_builds_the_tiny_config_through_slurm_in_two_jobs(cluster_built)
     out = proc.stdout + proc.stderr
     assert "Using profiles slurm and workflow specific profile profiles/default" in out
     submitted = SUBMITTED.findall(out)
-    # prepare_data, then the train and measure jobs of all 4 runs in one group job; the cheap rules
-    # (collect, analyse, report, notebook) run in the controller
+    # prepare_data, then the shard job of all 4 runs; the cheap rules (collect, analyse, report,
+    # notebook) run in the controller
     assert len(submitted) == 2, submitted
-    assert "rule_prepare_data" in submitted[0][1] and "group_runs_measure_train" in submitted[1][1]
+    assert "rule_prepare_data" in submitted[0][1] and "rule_shard" in submitted[1][1]
     for name in ("reports/tiny.html", "results/tiny/claims.json", "figures/tiny/gap_by_bits.png"):
         assert (workdir / name).stat().st_size > 0
     runs = list((workdir / "results/runs").glob("*/metrics.json"))
     assert len(runs) == 4 and len(list((workdir / "results/runs").glob("*/measures.json"))) == 4
 
-    # the group job asked for one run's CPU, memory and GPU and the sum of the runtimes: its runs
-    # run one after another (4 runs x (120 + 60) min = 12 h)
+    # the shard job asked for one run's CPU and memory, one GPU, and the sum of the runtimes: its runs
+    # run one after another in one worker (4 runs x (120 + 60) min = 12 h)
+    (record,) = [json.loads(p.read_text()) for p in (workdir / "results/shards").glob("*.json")]
+    assert len(record["runs"]) == 4 and [w["runs"] for w in record["workers"]] == [4]
     group = scontrol_job(submitted[1][0])
     assert "JobState=COMPLETED" in group, group
     assert "NumCPUs=1 " in group and "TimeLimit=12:00:00" in group and "mem=4000M" in group, group
@@ -261,14 +289,14 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 def test_requeued_training_job_resumes_from_its_checkpoint_with_identical_metrics(
     slurm_cluster, tmp_path
 ) -> None:
-    """`scontrol requeue` SIGTERMs the running group job and restarts it: the training process writes
-    a mid-epoch checkpoint, the restarted job resumes from it, the controller waits through the
-    requeue, and the metrics equal those of an uninterrupted local build of the same run."""
+    """`scontrol requeue` SIGTERMs the running shard job and restarts it: its worker writes a mid-epoch
+    checkpoint, the restarted job resumes from it, the controller waits through the requeue, and the
+    metrics equal those of an uninterrupted local build of the same run by the per-run rules."""
     workdir = tmp_path / "cluster"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(SLOW)
     (run_id,) = run_ids(workdir / "config.yaml")
-    targets = [f"results/runs/{run_id}/metrics.json", f"results/runs/{run_id}/measures.json"]
+    targets = ["results/shards/digits-0of1.json"]
     train_log = workdir / "logs" / "train" / f"{run_id}.log"
     ckpt = workdir / "results" / "runs" / run_id / "checkpoint.pt"
     controller_out = tmp_path / "controller.txt"
@@ -280,7 +308,7 @@ def test_requeued_training_job_resumes_from_its_checkpoint_with_identical_metric
         _wait_for(
             lambda: train_log.exists() and "epoch 2/30" in train_log.read_text(), 240, "epoch 2 to finish"
         )
-        jobid = next(j for j, log in SUBMITTED.findall(controller_out.read_text()) if "group_runs" in log)
+        jobid = next(j for j, log in SUBMITTED.findall(controller_out.read_text()) if "rule_shard" in log)
         subprocess.run(["scontrol", "requeue", jobid], check=True)
         _wait_for(lambda: ckpt.exists() and "partial" in checkpoint.load(ckpt), 60, "the SIGTERM checkpoint")
         state = checkpoint.load(ckpt)
@@ -303,13 +331,14 @@ def test_requeued_training_job_resumes_from_its_checkpoint_with_identical_metric
     reference = tmp_path / "reference"  # the same run built locally, uninterrupted
     reference.mkdir()
     (reference / "config.yaml").write_text(SLOW)
+    metrics = f"results/runs/{run_id}/metrics.json"
     subprocess.run(
-        [SNAKEMAKE, targets[0], "-d", str(reference), "--configfile", str(reference / "config.yaml")],
+        [SNAKEMAKE, metrics, "-d", str(reference), "--configfile", str(reference / "config.yaml")],
         cwd=REPO,
         check=True,
         capture_output=True,
     )
-    a, b = (json.loads((d / targets[0]).read_text()) for d in (reference, workdir))
+    a, b = (json.loads((d / metrics).read_text()) for d in (reference, workdir))
     assert b["metrics"] == a["metrics"] and b["fit"] == a["fit"]
     assert b["provenance"]["resumed_from_epoch"] == state["epoch"]
     assert a["provenance"]["resumed_from_epoch"] is None
