@@ -302,7 +302,7 @@ def test_measure_settings_and_a_new_experiment_rebuild_only_what_changed(
             assert (project / rel).read_bytes() == content, rel
     for run_dir in (project / "results/runs").iterdir():
         assert json.loads((run_dir / "measures.json").read_text())["settings"]["examples"] == 300
-    assert len(list((project / "logs/measure").iterdir())) == 4  # re-measured; the 2 new: measured in training
+    assert len(list((project / "logs/measure").iterdir())) == 4  # re-measured (new runs: in training)
     for stage in ("collect", "analyse", "report", "notebook"):
         assert f"Running stage '{stage}@more'" in repro and f"Running stage '{stage}@{EXPERIMENT}'" in repro
     assert len(pd.read_csv(project / "results/more/runs.csv")) == 6
