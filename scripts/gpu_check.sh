@@ -49,7 +49,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 status=0
 echo "== 1. gpu tests (CUDA vs CPU)"
 timeout 115 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py \
-  tests/test_measure_values.py tests/test_augment.py tests/test_model_families.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+  tests/test_measure_values.py tests/test_augment.py tests/test_model_families.py tests/test_worker.py 2>&1 | tee "$out/gpu_tests.log" || status=1
 
 echo "== 2. CIFAR-10-shaped epoch per model and the measures' cost on CUDA"
 timeout 100 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1

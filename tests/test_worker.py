@@ -210,5 +210,36 @@ def test_partition_is_stable_balanced_and_per_dataset() -> None:
     more = ids | {"digits-mlp-fp32-0000000a": "digits"}
     moved = partition(more, 8)
     assert all(set(rs) <= set(moved[name]) for name, rs in shards.items())
+    assert partition(ids, 1) == {f"{rid}-0of1": [rid] for rid in ids}  # one job per run
     with pytest.raises(ValueError, match="shard_runs"):
         partition(ids, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_two_runs_sharing_a_gpu_equal_the_runs_built_alone_on_it(tmp_path, digits_dir) -> None:
+    """On CUDA: two worker processes on one GPU (each limited to half its memory) give each run the results
+    it gets alone on that GPU, within the audit's CUDA tolerance (qgen.audit)."""
+    from qgen.audit import CUDA_ATOL, CUDA_RTOL
+
+    shared = make_project(tmp_path / "shared", digits_dir, SPECS[:2])
+    proc = subprocess.run(
+        shard_command(IDS[:2]),
+        cwd=shared,
+        env=env(device="cuda", parallel_runs=2),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = qio.read_json(shared / "results/shards/digits-0of1.json")
+    assert len(record["workers"]) == 2 and all(w["device"].startswith("cuda") for w in record["workers"])
+    for spec, rid in zip(SPECS[:2], IDS[:2], strict=True):
+        alone = make_project(tmp_path / rid, digits_dir, [spec])
+        one = subprocess.run(
+            shard_command([rid]), cwd=alone, env=env(device="cuda"), capture_output=True, text=True
+        )
+        assert one.returncode == 0, one.stderr[-3000:]
+        a, b = results(alone, rid), results(shared, rid)
+        for name in a:
+            _, differences = compare_records(a[name], b[name], CUDA_RTOL, CUDA_ATOL)
+            assert differences == [], (name, differences[:5])

@@ -7,7 +7,8 @@ the shard job's controller and ``qgen.dvc_stage`` use it before (or instead of) 
 
 Partition (:func:`partition`): the runs of each dataset go to ``n`` buckets by the hash digits their run
 id ends with, ``n`` the smallest power of two with ``n * shard_runs >= runs``; empty buckets are dropped.
-Shard names say where a run went, ``<dataset>-<bucket>of<n>`` (``digits-03of16``). The hash is uniform, so
+Shard names say where a run went, ``<dataset>-<bucket>of<n>`` (``digits-03of16``); with ``shard_runs: 1``
+every run is its own shard, ``<run_id>-0of1``. The hash is uniform, so
 shards mix cheap and expensive runs (they end at about the same time), and stable: adding runs to a
 config changes only the shards that receive them, until the run count crosses a power of two. A shard's
 run ids are a param of its job, so a changed shard reruns, and skips the runs it finds done.
@@ -46,6 +47,8 @@ def partition(runs: Mapping[str, str], shard_runs: int) -> dict[str, list[str]]:
     for rid, dataset in runs.items():
         by_dataset.setdefault(dataset, []).append(rid)
     shards: dict[str, list[str]] = {}
+    if shard_runs == 1:  # one run per job (runs of days): the shard is named after its run
+        return {f"{rid}-0of1": [rid] for rid in runs}
     for dataset, ids in by_dataset.items():
         n = _bucket_count(len(ids), shard_runs)
         width = len(str(n - 1))
