@@ -292,7 +292,7 @@ def test_measure_settings_and_a_new_experiment_rebuild_only_what_changed(
     status = dvc(project, env, "status")
     assert "modified:           measures" in status and "collect@more" in status
     repro = dvc(project, env, "repro")
-    assert "4 measures.json computed with other measure settings" in repro
+    assert "runs not done with config/default.yaml's data and measure settings: 4 to measure" in repro
     trained = sorted(p.stem for p in (project / "logs/train").iterdir())
     assert len(trained) == 2 and all(
         rid not in {r.parent.name for r in clone["after_pull"]} for rid in trained
@@ -355,18 +355,41 @@ def test_stage_files_are_picked_by_rule_and_experiment() -> None:
     assert dvc_stage.experiment_files(outputs, "e", "notebook") == ["reports/e.html"]
 
 
-def test_stale_measures_are_found_by_their_recorded_settings(tmp_path: Path) -> None:
+def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None:
     from qgen.config import validate_config
     from qgen.experiments import all_runs
     from qgen.io import write_json
+    from qgen.shards import shard_config_runs
 
-    config = validate_config(__import__("yaml").safe_load(CONFIG))
-    run_ids = sorted(all_runs(config))
+    config = validate_config(
+        __import__("yaml").safe_load(
+            CONFIG.replace("checkpoint_every: 1}", "checkpoint_every: 1, shard_runs: 2}")
+        )
+    )
+    runs = all_runs(config)
+    shards = shard_config_runs(runs, 2)
+    assert len(shards) >= 2
+    write_json(tmp_path / "data/prepared/digits/meta.json", {"checksum": "c" * 64})
     current = json.loads(json.dumps(config["measures"]))
-    for i, run_id in enumerate(run_ids):
-        settings = {**current, "seed": 7} if i == 0 else current
-        write_json(tmp_path / "results/runs" / run_id / "measures.json", {"settings": settings})
-    assert dvc_stage.stale_measures(config, tmp_path) == [f"results/runs/{run_ids[0]}/measures.json"]
+    for rid in runs:  # every run done by content, and every shard recorded
+        run = tmp_path / "results/runs" / rid
+        for name in ("model.pt", "train_log.csv"):
+            run.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text("x")
+        prov = {"data": {"checksum": "c" * 64}, "model_sha256": "m"}
+        write_json(run / "metrics.json", {"run_id": rid, "provenance": prov})
+        write_json(
+            run / "measures.json", {"run_id": rid, "settings": current, "provenance": {"model_sha256": "m"}}
+        )
+    for name in shards:
+        write_json(tmp_path / "results/shards" / f"{name}.json", {"runs": {}})
+    assert dvc_stage.pending_shards(config, tmp_path) == ([], {})
+    (first, ids), *_ = shards.items()
+    write_json(
+        tmp_path / "results/runs" / ids[0] / "measures.json",
+        {"run_id": ids[0], "settings": {**current, "seed": 7}},
+    )
+    assert dvc_stage.pending_shards(config, tmp_path) == ([f"results/shards/{first}.json"], {"measure": 1})
     write_json(
         tmp_path / "data/prepared/digits/meta.json", {"params": {"test_fraction": 0.3, "split_seed": 0}}
     )

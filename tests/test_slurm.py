@@ -296,7 +296,7 @@ def test_requeued_training_job_resumes_from_its_checkpoint_with_identical_metric
     workdir.mkdir()
     (workdir / "config.yaml").write_text(SLOW)
     (run_id,) = run_ids(workdir / "config.yaml")
-    targets = ["results/shards/digits-0of1.json"]
+    targets = ["results/shards/digits-slow-0of1.json"]
     train_log = workdir / "logs" / "train" / f"{run_id}.log"
     ckpt = workdir / "results" / "runs" / run_id / "checkpoint.pt"
     controller_out = tmp_path / "controller.txt"

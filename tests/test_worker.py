@@ -19,7 +19,7 @@ from qgen import io as qio
 from qgen.audit import compare_records
 from qgen.config import measures_schema, validate
 from qgen.experiments import run_id, runs_table
-from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, partition, run_state
+from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, forget, partition, run_state
 from tests.conftest import TINY_MEASURES, make_spec
 
 SETTINGS = json.dumps(validate(dict(TINY_MEASURES), measures_schema(), where="test"), sort_keys=True)
@@ -119,8 +119,8 @@ def test_a_rerun_skips_finished_runs_and_remeasures_by_content(in_worker: Path, 
     # other measure settings recorded in one run: that run is measured again, nothing is trained
     measures = project / "results/runs" / IDS[1] / "measures.json"
     qio.write_json(measures, {**qio.read_json(measures), "settings": {"examples": 7}})
-    proc = shard(project)
-    assert proc.returncode == 0 and "0 to train, 1 to measure, 2 done" in proc.stderr, proc.stderr
+    proc = shard(project, parallel_runs=3)
+    assert proc.returncode == 0 and "0 to train, 1 to measure, 2 done; 1 worker" in proc.stderr, proc.stderr
     assert qio.read_json(measures)["settings"] == json.loads(SETTINGS)
     record = qio.read_json(project / "results/shards/digits-0of1.json")
     assert record["runs"][IDS[1]]["action"] == "measured" and record["runs"][IDS[0]]["action"] == "skipped"
@@ -136,6 +136,10 @@ def test_run_state_is_decided_by_content(in_worker: Path, tmp_path: Path) -> Non
     assert run_state(run, IDS[0], checksum, canonical_settings({"examples": 1})) == MEASURE
     assert run_state(run, IDS[0], "another-checksum", settings) == TRAIN  # data changed: retrain
     assert run_state(run, IDS[1], checksum, settings) == TRAIN  # another run's files
+    measures = qio.read_json(run / "measures.json")
+    measures["provenance"]["model_sha256"] = "an older model file"
+    qio.write_json(run / "measures.json", measures)
+    assert run_state(run, IDS[0], checksum, settings) == MEASURE  # measured before the run was retrained
     (run / "measures.json").write_text("{truncated")
     assert run_state(run, IDS[0], checksum, settings) == MEASURE
     (run / "model.pt").unlink()
@@ -173,29 +177,94 @@ def test_a_failing_run_fails_alone_and_names_its_log(in_worker: Path, tmp_path: 
         assert_identical(results(in_worker, rid), results(project, rid))
 
 
-def test_a_worker_killed_mid_shard_resumes_with_identical_results(in_worker, tmp_path, digits_dir) -> None:
-    project = make_project(tmp_path, digits_dir)
-    slow = {"checkpoint_every": 1}
-    proc = subprocess.Popen(
-        shard_command(IDS), cwd=project, env=env(**slow), stderr=subprocess.PIPE, text=True,
+# the second run trains for a few seconds, so a signal can reach it mid-epoch
+SLOW = make_spec(seed=3, optim={"name": "sgd", "lr": 0.05, "batch_size": 16}, train={"max_epochs": 40})
+KILL_SPECS = [SPECS[0], SLOW, SPECS[2]]
+KILL_IDS = [run_id(s) for s in KILL_SPECS]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_dir) -> Path:
+    project = make_project(tmp_path_factory.mktemp("uninterrupted"), digits_dir, KILL_SPECS)
+    proc = subprocess.run(shard_command(KILL_IDS), cwd=project, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return project
+
+
+def _start(project: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        shard_command(KILL_IDS), cwd=project, env=env(checkpoint_every=1), stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as Snakemake and SLURM give a job
     )  # fmt: skip
-    second = project / "results/runs" / IDS[1]
+
+
+def _wait_training(proc: subprocess.Popen, run: Path) -> None:
     deadline = time.monotonic() + 120
-    while not (second / "checkpoint.pt").exists():  # the first run is finished, the second is training
+    while not (run / "checkpoint.pt").exists():  # the first run is finished, the second is training
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_shard_resumes_with_identical_results(
+    uninterrupted, tmp_path, digits_dir
+) -> None:
+    from qgen.train import checkpoint
+
+    project = make_project(tmp_path, digits_dir, KILL_SPECS)
+    proc = _start(project)
+    second = project / "results/runs" / KILL_IDS[1]
+    _wait_training(proc, second)
     os.killpg(proc.pid, signal.SIGTERM)  # what SLURM does on preemption: every process of the job
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "interrupted" in err and not (project / "results/shards/digits-0of1.json").exists()
-    assert_identical(results(in_worker, IDS[0]), results(project, IDS[0]))  # the finished run is kept
-    assert (second / "checkpoint.pt").exists()
-    resumed = shard(project, **slow)
+    assert_identical(results(uninterrupted, KILL_IDS[0]), results(project, KILL_IDS[0]))  # kept
+    assert "partial" in checkpoint.load(second / "checkpoint.pt")  # stopped mid-epoch, checkpointed
+    resumed = shard(project, KILL_IDS, checkpoint_every=1)
     assert resumed.returncode == 0 and "1 done" in resumed.stderr, resumed.stderr
-    assert "resum" in (project / "logs/train" / f"{IDS[1]}.log").read_text().lower()
-    for rid in IDS:
-        assert_identical(results(in_worker, rid), results(project, rid))
+    assert "continuing epoch" in (project / "logs/train" / f"{KILL_IDS[1]}.log").read_text()
+    for rid in KILL_IDS:
+        assert_identical(results(uninterrupted, rid), results(project, rid))
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of a shard controller (not multiprocessing's resource tracker)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_worker_process_that_dies_fails_its_run_and_is_replaced(
+    uninterrupted, tmp_path, digits_dir
+) -> None:
+    project = make_project(tmp_path, digits_dir, KILL_SPECS)
+    proc = _start(project)
+    _wait_training(proc, project / "results/runs" / KILL_IDS[1])
+    (worker,) = _workers(proc.pid)
+    os.kill(worker, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert f"{KILL_IDS[1]}: FAILED: worker process died (exit code -9)" in err
+    for rid in (KILL_IDS[0], KILL_IDS[2]):  # before it, and after it in the replacement worker
+        assert_identical(results(uninterrupted, rid), results(project, rid))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_shard_whose_workers_cannot_start_fails_at_once_with_the_reason(tmp_path, digits_dir) -> None:
+    project = make_project(tmp_path, digits_dir)
+    t0 = time.monotonic()
+    proc = shard(project, device="cuda")
+    assert proc.returncode == 1 and time.monotonic() - t0 < 60
+    assert "torch sees no CUDA device" in proc.stderr and "no worker process could start" in proc.stderr
+    assert proc.stderr.count("Traceback") == 1  # started once, not respawned
+
+
+def test_a_run_rebuilt_alone_is_forgotten_by_its_shard_record(tmp_path: Path) -> None:
+    qio.write_json(tmp_path / "a-0of2.json", {"runs": {"r1": {}, "r2": {}}})
+    qio.write_json(tmp_path / "a-1of2.json", {"runs": {"r3": {}}})
+    assert forget(tmp_path, "r2") == [tmp_path / "a-0of2.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1of2.json"]
+    assert forget(tmp_path / "none", "r1") == []
 
 
 def test_partition_is_stable_balanced_and_per_dataset() -> None:

@@ -148,6 +148,15 @@ def test_rebuilding_a_run_gives_identical_metrics_and_nothing_else_reruns(built:
     after = json.loads((run_dir / "metrics.json").read_text())
     assert after["metrics"] == before["metrics"] and after["spec"] == before["spec"]
     assert "rule shard" not in proc.stderr  # one run's file builds that run only, not its shard
+    # its shard's record was removed: `all` reruns the shard, which adopts the run's measures from the
+    # training job's cache and skips the other runs, then collects again; nothing is trained
+    assert not list((built / "results/shards").glob("*.json"))
+    proc = snakemake(built)
+    assert "rule shard" in proc.stderr and "rule collect" in proc.stderr and "rule train" not in proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in (built / "results/shards").glob("*.json")]
+    actions = {rid: r["action"] for rid, r in record["runs"].items()}
+    assert actions.pop(run_dir.name) == "adopted" and set(actions.values()) == {"skipped"}
+    assert not (run_dir / "measures.cache.json").exists() and (run_dir / "measures.json").exists()
     dry = snakemake(built, "-n")
     assert "rule train" not in dry.stdout + dry.stderr and "rule shard" not in dry.stdout + dry.stderr
 

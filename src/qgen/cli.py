@@ -123,7 +123,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         as_cache=True,
         pretrained=args.pretrained,
     )
+    _forget(args.forget_in, record["run_id"])
     return 0
+
+
+def _forget(records_dir: str | None, run_id: str) -> None:
+    if records_dir:
+        from qgen.shards import forget
+
+        for path in forget(Path(records_dir), run_id):
+            print(
+                f"{run_id}: rebuilt alone; removed {path} so that its shard checks it again", file=sys.stderr
+            )
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -133,11 +144,15 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
     ids = [rid for rid in args.run_ids.split(",") if rid]
     specs = read_runs_table(Path(args.runs_table), ids)
+    run_cfg = _runtime(args)
+    if args.cpus:  # the CPUs Snakemake gave the job (it may scale a rule's threads down to --cores)
+        fit = max(1, args.cpus // int(run_cfg["threads"]))
+        run_cfg["parallel_runs"] = min(int(run_cfg["parallel_runs"]), fit)
     return run_shard(
         args.name,
         {rid: specs[rid] for rid in ids},
         settings_json=args.settings,
-        run_cfg=_runtime(args),
+        run_cfg=run_cfg,
         out=Path(args.out),
         runs_dir=Path(args.runs_dir),
         data_dir=Path(args.data_dir),
@@ -167,6 +182,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             qio.write_json(args.out, cached)
             Path(args.cache).unlink()
             print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
+            _forget(args.forget_in, cached["run_id"])
             return 0
         print(
             "measure cache is stale (other settings or model) or unreadable; measuring again", file=sys.stderr
@@ -175,9 +191,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from qgen.runner import measure_files
 
     run_cfg = _runtime(args)
-    measure_files(args.model, args.data_meta, args.settings, args.out, run_cfg, runtime.configure(run_cfg))
+    built = measure_files(
+        args.model, args.data_meta, args.settings, args.out, run_cfg, runtime.configure(run_cfg)
+    )
     if args.cache:
         Path(args.cache).unlink(missing_ok=True)
+    _forget(args.forget_in, built.run_id)
     return 0
 
 
@@ -359,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pretrained", help="the file of the spec's model.pretrained weights (else $QGEN_WEIGHT_FILES)"
     )
+    p.add_argument("--forget-in", help="remove the shard records in this folder that list the run")
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
@@ -370,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
     p.add_argument("--cache", help="measures precomputed by `qgen train --measure-cache` (used if valid)")
+    p.add_argument("--forget-in", help="remove the shard records in this folder that list the run")
 
     p = sub.add_parser("shard", help="build the runs of one shard in workers that outlive one run")
     p.add_argument("name", help="the shard's name (its record is --out)")
@@ -384,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime(p)
     p.add_argument("--parallel-runs", type=int, help="runs built at once (worker processes)")
+    p.add_argument("--cpus", type=int, help="CPUs of the job: at most CPUS // threads runs at once")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")

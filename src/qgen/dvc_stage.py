@@ -6,10 +6,10 @@ modification times or ``.snakemake/metadata``: a fresh clone has no metadata, an
 ``dvc checkout`` restore files with new modification times in any order, so a plain ``snakemake``
 afterwards may find a prepared dataset newer than a checkpoint and retrain everything.
 
-1. *Settle*: every file under the pushed outputs (``data/prepared``, ``results/runs``) gets one
-   modification time, the oldest among them, so no recorded checkpoint or metric looks older than
-   its inputs. Snakemake then runs with ``--rerun-triggers mtime`` (no decision depends on metadata,
-   so a fresh clone decides like the machine that built the results).
+1. *Settle*: every file under the pushed outputs (``data/prepared``, ``results/runs``,
+   ``results/shards``) gets one modification time, the oldest among them, so no recorded checkpoint or
+   metric looks older than its inputs. Snakemake then runs with ``--rerun-triggers mtime`` (no decision
+   depends on metadata, so a fresh clone decides like the machine that built the results).
 2. *Expensive stages* (``prepare``, ``runs``) build what is missing (a changed run spec is a new run
    id, hence a new folder) and force what records other settings than the config: a dataset
    prepared with other parameters (``meta.json``), measures computed with other measure settings
@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 #: outputs that DVC caches and pushes (the expensive ones)
-PUSHED = ("data/prepared", "results/runs")
+PUSHED = ("data/prepared", "results/runs", "results/shards")
 #: the config dvc.yaml tracks as params (the Snakefile's default config)
 CONFIG = "config/default.yaml"
 #: rules of the expensive stages; everything else is cheap and rebuilt when its stage runs
@@ -89,46 +89,30 @@ def stale_prepared(config: dict, root: Path) -> list[str]:
     return stale
 
 
-def stale_measures(config: dict, root: Path) -> list[str]:
-    """``measures.json`` of the config's runs computed with other measure settings than the config's."""
-    from qgen.config import measures_schema, validate
-    from qgen.experiments import all_runs, canonical_json
-    from qgen.io import read_json
-
-    wanted = canonical_json(validate(dict(config["measures"]), measures_schema(), where="measures"))
-    stale = []
-    for run_id in all_runs(config):
-        path = root / "results" / "runs" / run_id / "measures.json"
-        if path.exists() and canonical_json(read_json(path).get("settings") or {}) != wanted:
-            stale.append(path.relative_to(root).as_posix())
-    return stale
-
-
-def pending_shards(config: dict, root: Path) -> list[str]:
+def pending_shards(config: dict, root: Path) -> tuple[list[str], dict[str, int]]:
     """Records of the shards (results/shards/<shard>.json) with a run that is not done by content
-    (qgen.shards.run_state: missing files, other data, other measure settings): forced, since a shard's
-    record may be older than nothing it depends on and still be stale."""
+    (qgen.shards.run_state: missing files, other data, other measure settings), to be forced: a record may
+    be newer than everything it depends on and still be stale. Also: how many runs need ``train`` and
+    ``measure``."""
     from qgen.config import measures_schema, validate
     from qgen.experiments import all_runs
-    from qgen.shards import DONE, canonical_settings, data_checksum, partition, run_state
+    from qgen.shards import DONE, TRAIN, canonical_settings, run_states, shard_config_runs
 
     runs = all_runs(config)
     settings = canonical_settings(validate(dict(config["measures"]), measures_schema(), where="measures"))
-    shard_runs = int(config.get("runtime", {}).get("shard_runs", 8))
-    checksums: dict[str, str | None] = {}
+    prepared = root / "data" / "prepared"
+    specs = {rid: run.spec for rid, run in runs.items()}
+    ready = {
+        rid: spec for rid, spec in specs.items() if (prepared / spec["data"]["name"] / "meta.json").exists()
+    }
+    states = {rid: TRAIN for rid in specs} | run_states(ready, settings, root / "results" / "runs", prepared)
+    counts = {state: sum(s == state for s in states.values()) for state in set(states.values()) - {DONE}}
     stale = []
-    for name, ids in partition({rid: r.spec["data"]["name"] for rid, r in runs.items()}, shard_runs).items():
+    for name, ids in shard_config_runs(runs, int(config["runtime"]["shard_runs"])).items():
         record = root / "results" / "shards" / f"{name}.json"
-        if not record.exists():
-            continue  # missing: Snakemake builds it anyway
-        for rid in ids:
-            dataset = runs[rid].spec["data"]["name"]
-            if dataset not in checksums:
-                checksums[dataset] = data_checksum(root / "data" / "prepared" / dataset / "meta.json")
-            if run_state(root / "results" / "runs" / rid, rid, checksums[dataset], settings) != DONE:
-                stale.append(record.relative_to(root).as_posix())
-                break
-    return stale
+        if record.exists() and any(states[rid] != DONE for rid in ids):  # a missing one is built anyway
+            stale.append(record.relative_to(root).as_posix())
+    return stale, counts
 
 
 def snakemake_base() -> list[str]:
@@ -196,12 +180,10 @@ def plan(
             _say(f"prepared with other parameters than {CONFIG}: {' '.join(stale)}")
         return ["all"], stale, PREPARE_RULES
     if stage == "runs":
-        stale = stale_measures(config, root)
-        if stale:
-            _say(f"{len(stale)} measures.json computed with other measure settings than {CONFIG}")
-        pending = pending_shards(config, root)
-        if pending:
-            _say(f"{len(pending)} shards have runs to train or measure: {' '.join(pending[:5])}")
+        pending, counts = pending_shards(config, root)
+        if counts:
+            todo = ", ".join(f"{n} to {state}" for state, n in sorted(counts.items()))
+            _say(f"runs not done with {CONFIG}'s data and measure settings: {todo}")
         return ["all"], [*pending, "runs_table"], ("shard", "runs_table")
     raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
 

@@ -125,6 +125,7 @@ def evaluate_model_file(
         wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
         resumed_from_epoch=resumed,
         train_provenance=payload["provenance"],
+        model_sha256=qio.sha256_file(model_path),  # which model file was evaluated (qgen.shards.run_state)
     )
     qio.write_json(
         out,
@@ -170,6 +171,7 @@ def measure_model_file(
         device,
         data,
         wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
+        model_sha256=qio.sha256_file(model_path),  # which model file was measured
         **({"measure_cost": cost} if cost is not None else {}),
     )
     return {"run_id": payload["run_id"], "status": status, **body, "provenance": prov}

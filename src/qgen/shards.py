@@ -5,18 +5,22 @@ A shard is one Snakemake job (one SLURM job on a cluster) that builds several ru
 interpreter start or ``import torch`` of its own (issue 15). Nothing here imports torch: the Snakefile,
 the shard job's controller and ``qgen.dvc_stage`` use it before (or instead of) starting a worker.
 
-Partition (:func:`partition`): the runs of each dataset go to ``n`` buckets by the hash digits their run
-id ends with, ``n`` the smallest power of two with ``n * shard_runs >= runs``; empty buckets are dropped.
-Shard names say where a run went, ``<dataset>-<bucket>of<n>`` (``digits-03of16``); with ``shard_runs: 1``
-every run is its own shard, ``<run_id>-0of1``. The hash is uniform, so
-shards mix cheap and expensive runs (they end at about the same time), and stable: adding runs to a
-config changes only the shards that receive them, until the run count crosses a power of two. A shard's
-run ids are a param of its job, so a changed shard reruns, and skips the runs it finds done.
+Partition (:func:`partition`): runs are grouped by dataset and by the experiments they belong to (so that
+building one experiment builds no other experiment's runs); each group's runs go to ``n`` buckets by the
+hash digits their run id ends with, ``n`` the smallest power of two with ``n * shard_runs >= runs``; empty
+buckets are dropped. Shard names say where a run went, ``<dataset>-<experiments>-<bucket>of<n>``
+(``digits-grid-03of16``; a run of two experiments: ``digits-default+grid-0of1``); with ``shard_runs: 1``
+every run is its own shard, ``<run_id>-0of1``. The hash is uniform, so shards mix cheap and expensive runs
+(they end at about the same time; a shard holds ``shard_runs`` runs on average, a few more or fewer), and
+stable: adding runs to a config changes only the shards that receive them, until the group's run count
+crosses a power of two. A shard's run ids are a param of its job, so a changed shard reruns, and skips the
+runs it finds done.
 
 What a run needs (:func:`run_state`) is decided from file contents, never modification times:
 ``train`` unless model.pt, train_log.csv and a metrics.json of this run id computed on the prepared data
 with the current checksum exist; else ``measure`` unless measures.json of this run id records exactly the
-current measure settings; else ``done``.
+current measure settings and was measured from the model file metrics.json was evaluated from (both
+record its sha256 in their provenance); else ``done``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: shard names: ``<dataset>-<bucket>of<buckets>``
-SHARD_PATTERN = r"[a-z0-9][a-z0-9_-]*-[0-9]+of[0-9]+"
+#: shard names: ``<group>-<bucket>of<buckets>``
+SHARD_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_+-]*-[0-9]+of[0-9]+"
 TRAIN, MEASURE, DONE = "train", "measure", "done"
 #: the files of one run the shard job writes (the per-run rules declare the same files)
 RUN_FILES = ("model.pt", "train_log.csv", "metrics.json", "measures.json")
@@ -40,24 +44,36 @@ def _bucket_count(n_runs: int, shard_runs: int) -> int:
 
 
 def partition(runs: Mapping[str, str], shard_runs: int) -> dict[str, list[str]]:
-    """Shard name -> run ids (in the order given) for ``runs``: run id -> dataset name."""
+    """Shard name -> run ids (in the order given) for ``runs``: run id -> group (:func:`group_of`)."""
     if shard_runs < 1:
         raise ValueError(f"runtime.shard_runs must be at least 1, not {shard_runs}")
-    by_dataset: dict[str, list[str]] = {}
-    for rid, dataset in runs.items():
-        by_dataset.setdefault(dataset, []).append(rid)
-    shards: dict[str, list[str]] = {}
     if shard_runs == 1:  # one run per job (runs of days): the shard is named after its run
         return {f"{rid}-0of1": [rid] for rid in runs}
-    for dataset, ids in by_dataset.items():
+    by_group: dict[str, list[str]] = {}
+    for rid, group in runs.items():
+        by_group.setdefault(group, []).append(rid)
+    shards: dict[str, list[str]] = {}
+    for group, ids in by_group.items():
         n = _bucket_count(len(ids), shard_runs)
         width = len(str(n - 1))
         buckets: dict[int, list[str]] = {}
         for rid in ids:
             buckets.setdefault(int(rid[-8:], 16) % n, []).append(rid)
         for b in sorted(buckets):
-            shards[f"{dataset}-{b:0{width}d}of{n}"] = buckets[b]
+            shards[f"{group}-{b:0{width}d}of{n}"] = buckets[b]
     return shards
+
+
+def group_of(dataset: str, experiments: Iterable[str]) -> str:
+    """A run's shard group: its dataset and its experiments (``digits-default+grid``)."""
+    return f"{dataset}-{'+'.join(sorted(experiments))}"
+
+
+def shard_config_runs(runs: Mapping[str, Any], shard_runs: int) -> dict[str, list[str]]:
+    """The shards of a config's runs (qgen.experiments.all_runs: run id -> Run)."""
+    return partition(
+        {rid: group_of(r.spec["data"]["name"], r.experiments) for rid, r in runs.items()}, shard_runs
+    )
 
 
 def shards_of(shards: Mapping[str, Iterable[str]], run_ids: Iterable[str]) -> list[str]:
@@ -85,7 +101,7 @@ def data_checksum(meta: Path) -> str | None:
     return record.get("checksum") if isinstance(record, dict) else None
 
 
-def run_state(run_dir: Path, run_id: str, checksum: str | None, settings: str) -> str:
+def run_state(run_dir: Path, run_id: str, checksum: str, settings: str) -> str:
     """``train``, ``measure`` or ``done`` for the run whose files are in ``run_dir`` (module docstring);
     ``checksum``: the prepared data's, ``settings``: the measure settings as :func:`canonical_settings`."""
     if not all((run_dir / name).is_file() for name in ("model.pt", "train_log.csv")):
@@ -100,9 +116,43 @@ def run_state(run_dir: Path, run_id: str, checksum: str | None, settings: str) -
     try:
         if measures["run_id"] != run_id or canonical_settings(measures["settings"]) != settings:
             return MEASURE
-    except (KeyError, TypeError, ValueError):
+        if measures["provenance"].get("model_sha256") != metrics["provenance"].get("model_sha256"):
+            return MEASURE  # measured from another model file (the run was retrained since)
+    except (KeyError, TypeError, ValueError, AttributeError):
         return MEASURE
     return DONE
+
+
+def run_states(
+    specs: Mapping[str, Mapping[str, Any]], settings: str, runs_dir: Path, data_dir: Path
+) -> dict[str, str]:
+    """:func:`run_state` of every run in ``specs`` (run id -> spec), from ``runs_dir/<run_id>`` and the
+    prepared data in ``data_dir/<dataset>``; a dataset whose meta.json cannot be read is an error (the
+    runs' state cannot be known, and nothing may be retrained or deleted for it)."""
+    checksums: dict[str, str] = {}
+    states = {}
+    for rid, spec in specs.items():
+        name = spec["data"]["name"]
+        if name not in checksums:
+            meta = data_dir / name / "meta.json"
+            checksum = data_checksum(meta)
+            if checksum is None:
+                raise ValueError(f"{meta} is missing or unreadable: prepare the dataset first")
+            checksums[name] = checksum
+        states[rid] = run_state(runs_dir / rid, rid, checksums[name], settings)
+    return states
+
+
+def forget(records_dir: Path, run_id: str) -> list[Path]:
+    """Remove the shard records in ``records_dir`` that list ``run_id`` (its files were rebuilt by the
+    per-run rules: the shard must check them again); the removed paths."""
+    removed = []
+    for path in sorted(Path(records_dir).glob("*.json")) if Path(records_dir).is_dir() else []:
+        record = _read(path)
+        if isinstance(record, dict) and run_id in record.get("runs", {}):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def read_runs_table(path: Path, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:

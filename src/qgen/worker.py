@@ -10,27 +10,35 @@ audit``).
 
 How a shard job runs (:func:`run_shard`): the controller (this process; it never imports torch) decides
 from file contents what each run still needs (:func:`qgen.shards.run_state`) and skips finished runs. It
-starts ``K = runtime.parallel_runs`` worker processes (``spawn``; at most one per pending run); each
-imports torch, applies the runtime settings and, on CUDA with ``K > 1``, limits itself to 1/K of the GPU's
-memory, once. The controller hands each idle worker the next run. A worker builds it with the same
+starts ``K`` worker processes (``spawn``; ``K = runtime.parallel_runs``, at most the job's CPUs over
+``runtime.threads`` and one per pending run); each imports torch, applies the runtime settings and, on CUDA
+with ``K > 1``, limits itself to 1/K of the GPU's memory, once. The measures of a run trained by the per-run
+rule are adopted from its cache when they match, as the per-run measure rule would. The controller hands
+each idle worker the next run. A worker builds it with the same
 functions as ``qgen train`` (:mod:`qgen.runner`), its stderr (fd 2, so C++ warnings too) in the run's
 own log, ``logs/train/<run_id>.log`` (``logs/measure/`` when only measuring), and keeps the run's opened
-dataset for the next run of that dataset (opening checks the files' checksums again; nothing trains on the
-cached tensors in place). Every run seeds its own RNGs and no state carries over, so a run's files are
-the same as when it is built alone (bit for bit on CPU; tests/test_worker.py).
+dataset for the next run of that dataset (opened, and its files' checksums checked, once per worker;
+training reads the cached tensors, never writes them). Every run seeds its own RNGs and no state carries
+over, so a run's files are the same as when it is built alone (bit for bit on CPU; tests/test_worker.py).
 
 Failure and interruption: a run that raises fails alone (its traceback in its log, named in the shard
 log); its siblings go on, and the shard job fails at the end without its record, so a rerun retries just
-that run. A worker that dies (out of memory, a segfault) fails its run and is replaced. A signal (SLURM
-preemption or requeue, ``scancel``, Ctrl-C, Snakemake stopping) reaches every process of the job: workers
-checkpoint their runs (:mod:`qgen.train.preemption`), the controller hands out nothing more, waits for
-them and exits with 128 + the signal. Every file is written atomically, so the rerun skips the finished
-runs and resumes the interrupted ones from their checkpoints. If the controller is killed outright, its
-workers get SIGTERM (Linux parent-death signal) and checkpoint too.
+that run. A worker that dies (out of memory, a segfault) fails its run and is replaced; if no worker can
+start at all (no CUDA device, a broken environment) the shard fails at once with the reason. Each worker
+talks to the controller through its own pipe, so one dying cannot block the others. A signal sent to
+every process of the job (SLURM preemption, requeue, ``scancel`` and time limits signal them all; Ctrl-C
+signals the terminal's process group) makes the workers checkpoint their runs
+(:mod:`qgen.train.preemption`); the controller hands out nothing more, waits for them and exits with 128 +
+the signal. A signal to the controller alone (``kill PID``) is not forwarded (a worker that got the same
+signal directly would take a second one as "stop without a checkpoint"): the controller stops handing out
+runs and waits for the running ones to finish. Every file is written atomically, so the rerun skips the
+finished runs and resumes the interrupted ones from their checkpoints. If the controller is killed
+outright, its workers get SIGTERM (Linux parent-death signal) and checkpoint.
 
 The shard record (the job's output, ``results/shards/<shard>.json``) lists what happened to each run and
 the seconds it spent: ``compute`` (training, evaluation, measures) and the job's ``overhead``, i.e.
-``workers * wall - compute`` (interpreter starts, imports, data loading, file checks, idle slots):
+``workers * wall - compute``, the wall time counted from the controller's own process start (interpreter
+starts, imports, data loading, file checks, idle slots):
 ``benchmarks/run_overhead.py`` tabulates it.
 """
 
@@ -40,18 +48,19 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import queue
 import signal
 import socket
 import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from qgen import io as qio
-from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, run_state
+from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, run_states
 
 SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
@@ -93,10 +102,9 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def _worker_main(
-    index: int, tasks: Any, results: Any, run_cfg: dict[str, Any], parallel: int, spawned: float
-) -> None:
-    """Body of one worker process: set up once, then build the runs it is handed until told to stop."""
+def _worker_main(index: int, conn: Connection, run_cfg: dict[str, Any], share: int, spawned: float) -> None:
+    """Body of one worker process: set up once, then build the runs it is handed until told to stop.
+    ``share``: how many workers share the device (on CUDA each may use 1/share of its memory)."""
     import logging
 
     _die_with_parent()
@@ -105,61 +113,89 @@ def _worker_main(
         from qgen import runner, runtime
 
         device = runtime.configure(run_cfg)
-        if device.type == "cuda" and parallel > 1:  # K runs share the GPU: each may use 1/K of its memory
+        if device.type == "cuda" and share > 1:  # K runs share the GPU: each may use 1/K of its memory
             import torch
 
-            torch.cuda.set_per_process_memory_fraction(1.0 / parallel, device)
-        results.put(("ready", index, {"startup": time.time() - spawned, "device": str(device)}))
+            torch.cuda.set_per_process_memory_fraction(1.0 / share, device)
+        conn.send(("ready", {"startup": time.time() - spawned, "device": str(device)}))
         cache: dict[tuple[str, str], Any] = {}
-        while (task := tasks.get()) is not None:
-            results.put(("done", index, _build(task, run_cfg, device, cache, runner)))
-            if task.get("interrupted"):
+        while (task := conn.recv()) is not None:
+            result = _build(task, run_cfg, device, cache, runner)
+            conn.send(("done", result))
+            if result.get("interrupted"):
                 break
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):  # a signal while idle; the controller went away
         pass
 
 
+def _open_cached(
+    cache: dict, paths: dict[str, str], spec: dict[str, Any], device: Any, run_cfg, runner
+) -> Any:
+    """The run's data, kept open between runs of one dataset (most recently used last)."""
+    key = (paths["meta"], canonical_settings(spec["data"]))
+    data = cache.pop(key, None) or runner.open_data(paths["meta"], spec, device, run_cfg)
+    cache[key] = data
+    while len(cache) > DATA_CACHE:
+        cache.pop(next(iter(cache)))
+    return data
+
+
 def _build(task: dict[str, Any], run_cfg: dict[str, Any], device: Any, cache: dict, runner: Any) -> dict:
-    """Build one run in this worker, its stderr in its log; a result record, never an exception (an
-    interruption is recorded in ``task`` so the worker stops after reporting it)."""
+    """Build one run in this worker, its stderr in its log: a result record, never an exception."""
     from qgen.train.preemption import Interrupted, TrainingInterrupted
 
     rid, spec, paths = task["run_id"], task["spec"], task["paths"]
     t0 = time.perf_counter()
     result: dict[str, Any] = {"run_id": rid, "log": paths["log"]}
+    ckpt = Path(paths["model"]).with_name("checkpoint.pt")
     with _stderr_to(Path(paths["log"])):
         try:
-            key = (paths["meta"], canonical_settings(spec["data"]))
             t_data = time.perf_counter()
-            data = cache.pop(key, None) or runner.open_data(paths["meta"], spec, device, run_cfg)
-            cache[key] = data  # most recently used last
-            while len(cache) > DATA_CACHE:
-                cache.pop(next(iter(cache)))
+            data = _open_cached(cache, paths, spec, device, run_cfg, runner)
             data_seconds = time.perf_counter() - t_data
-            record = {"run_id": rid, "spec": spec}
             if task["state"] == TRAIN:
+                if task["stale"]:  # a finished run of other data: its checkpoint must not be resumed
+                    ckpt.unlink(missing_ok=True)
                 for name in ("metrics", "measures"):  # results of an older model of this run id
                     Path(paths[name]).unlink(missing_ok=True)
                 built = runner.train_files(
-                    record, paths["meta"], paths["model"], paths["log_csv"], paths["metrics"], run_cfg,
-                    device, settings_json=task["settings"], measures_path=paths["measures"], data=data,
+                    {"run_id": rid, "spec": spec}, paths["meta"], paths["model"], paths["log_csv"],
+                    paths["metrics"], run_cfg, device, settings_json=task["settings"],
+                    measures_path=paths["measures"], data=data,
                 )  # fmt: skip
             else:
-                built = runner.measure_files(
-                    paths["model"], paths["meta"], task["settings"], paths["measures"], run_cfg, device,
-                    data=data,
-                )  # fmt: skip
+                built = _measure(paths, task["settings"], run_cfg, device, data, runner)
+                ckpt.unlink(missing_ok=True)  # a finished training's final checkpoint: its run is complete
             built.seconds["data"] = data_seconds
             result.update(ok=True, action=built.action, status=built.status, seconds=built.seconds)
-        except (TrainingInterrupted, Interrupted, KeyboardInterrupt) as err:
+        except (TrainingInterrupted, Interrupted) as err:
+            print(f"{rid}: {err}", file=sys.stderr)
+            result.update(ok=False, interrupted=err.signum, error=str(err))
+        except KeyboardInterrupt as err:  # a second signal while checkpointing
             print(f"{rid}: {err or 'interrupted'}", file=sys.stderr)
-            task["interrupted"] = True
-            result.update(ok=False, interrupted=True, error=str(err) or "interrupted")
+            result.update(ok=False, interrupted=signal.SIGINT, error=str(err) or "interrupted")
         except BaseException as err:  # a failing run fails alone: its siblings go on
             traceback.print_exc()
             result.update(ok=False, error=f"{type(err).__name__}: {err}")
     result["wall"] = time.perf_counter() - t0
     return result
+
+
+def _measure(paths: dict[str, str], settings_json: str, run_cfg, device, data, runner) -> Any:
+    """Measures of a trained run: adopted from the per-run train rule's cache when it holds exactly these
+    settings for this model file, else measured."""
+    cache = Path(paths["model"]).with_name("measures.cache.json")
+    if cache.exists():
+        cached = runner.cached_record(str(cache), settings_json, paths["model"])
+        if cached is not None:
+            qio.write_json(paths["measures"], cached)
+            cache.unlink()
+            print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
+            return runner.Built(cached["run_id"], "adopted", cached["status"], {})
+        cache.unlink()
+    return runner.measure_files(
+        paths["model"], paths["meta"], settings_json, paths["measures"], run_cfg, device, data=data
+    )
 
 
 # ---- the controller ------------------------------------------------------------------------------
@@ -184,17 +220,24 @@ def run_paths(
 def plan(
     specs: Mapping[str, dict[str, Any]], settings_json: str, runs_dir: Path, data_dir: Path, log_dir: Path
 ) -> list[dict[str, Any]]:
-    """One task per run of the shard: its spec, paths and what it still needs (``state``)."""
-    settings = canonical_settings(json.loads(settings_json))
-    checksums: dict[str, str | None] = {}
+    """One task per run of the shard: its spec, paths and what it still needs (``state``; ``stale``: the
+    run has finished results of other data, so its checkpoint, if any, is not resumed)."""
+    states = run_states(specs, canonical_settings(json.loads(settings_json)), runs_dir, data_dir)
     tasks = []
     for rid, spec in specs.items():
         paths = run_paths(rid, spec, runs_dir, data_dir, log_dir)
-        if paths["meta"] not in checksums:
-            checksums[paths["meta"]] = data_checksum(Path(paths["meta"]))
-        state = run_state(runs_dir / rid, rid, checksums[paths["meta"]], settings)
-        paths["log"] = paths["train_log" if state == TRAIN else "measure_log"]
-        tasks.append({"run_id": rid, "spec": spec, "paths": paths, "state": state, "settings": settings_json})
+        paths["log"] = paths["train_log" if states[rid] == TRAIN else "measure_log"]
+        stale = states[rid] == TRAIN and Path(paths["metrics"]).is_file()
+        tasks.append(
+            {
+                "run_id": rid,
+                "spec": spec,
+                "paths": paths,
+                "state": states[rid],
+                "stale": stale,
+                "settings": settings_json,
+            }
+        )
     return tasks
 
 
@@ -207,7 +250,7 @@ class _Stop:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
-            _say(f"{signal.Signals(signum).name}: no more runs; waiting for the running ones to checkpoint")
+            _say(f"{signal.Signals(signum).name}: no more runs; waiting for the running ones to stop")
         self.signum = self.signum or signum
 
     def restore(self) -> None:
@@ -216,27 +259,34 @@ class _Stop:
 
 
 def _execute(
-    tasks: list[dict[str, Any]], run_cfg: dict[str, Any], parallel: int
+    tasks: list[dict[str, Any]], run_cfg: dict[str, Any], workers_wanted: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int | None]:
-    """Build ``tasks`` in up to ``parallel`` worker processes; (results, worker records, signal or None)."""
+    """Build ``tasks`` in ``workers_wanted`` worker processes; (results, worker records, signal or None).
+
+    Each worker has its own pipe; the controller waits on the pipes and the processes' sentinels, so a
+    worker that dies is noticed at once and cannot block the others. A worker that dies while building a
+    run fails that run and is replaced; one that dies before it is ready (it cannot import torch, sees no
+    CUDA device, ...) is not replaced when no worker ever got ready: the remaining runs fail with the
+    reason, instead of respawning until the time limit."""
     ctx = mp.get_context("spawn")
-    results_q = ctx.Queue()
     todo = list(tasks)
     workers: dict[int, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     stop = _Stop()
-    count = 0
+    count, ever_ready = 0, False
 
     def start() -> None:
         nonlocal count
-        q = ctx.Queue()
-        args = (count, q, results_q, run_cfg, parallel, time.time())
-        proc = ctx.Process(target=_worker_main, args=args, daemon=True)
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(
+            target=_worker_main, args=(count, theirs, run_cfg, workers_wanted, time.time()), daemon=True
+        )
         proc.start()
+        theirs.close()
         workers[count] = {
             "proc": proc,
-            "tasks": q,
+            "conn": mine,
             "task": None,
             "ready": False,
             "runs": 0,
@@ -248,53 +298,63 @@ def _execute(
         done.append(body)
         _report(body, len(done), len(tasks))
         if body.get("interrupted"):
-            stop.signum = stop.signum or signal.SIGTERM
+            stop.signum = stop.signum or int(body["interrupted"])
 
-    def handle(timeout: float) -> bool:
-        try:
-            kind, index, body = results_q.get(timeout=timeout) if timeout else results_q.get_nowait()
-        except queue.Empty:
-            return False
-        w = workers[index]
-        if kind == "ready":
-            w.update(ready=True, startup=body["startup"], device=body["device"])
-        else:
-            w["task"], w["runs"] = None, w["runs"] + 1
-            finish(body)
-        return True
+    def receive(w: dict[str, Any]) -> None:
+        while w["conn"].poll():
+            try:
+                kind, body = w["conn"].recv()
+            except (EOFError, OSError):
+                return
+            if kind == "ready":
+                nonlocal ever_ready
+                ever_ready = True
+                w.update(ready=True, startup=body["startup"], device=body["device"])
+            else:
+                w["task"], w["runs"] = None, w["runs"] + 1
+                finish(body)
 
     try:
-        for _ in range(min(parallel, len(todo))):
+        for _ in range(workers_wanted):
             start()
         while workers:
-            handle(0.5)
+            waitables = [x for w in workers.values() for x in (w["conn"], w["proc"].sentinel)]
+            mp_connection.wait(waitables, timeout=1.0)
             for index, w in list(workers.items()):
+                receive(w)
                 proc = w["proc"]
                 if not proc.is_alive():
-                    while handle(0):  # what it sent before it exited
-                        pass
+                    receive(w)  # whatever it sent before it exited
                     if w["task"] is not None:  # died while building a run: that run fails alone
-                        task = w["task"]
                         error = f"worker process died (exit code {proc.exitcode})"
                         finish(
                             {
-                                "run_id": task["run_id"],
-                                "log": task["paths"]["log"],
+                                "run_id": w["task"]["run_id"],
+                                "log": w["task"]["paths"]["log"],
                                 "ok": False,
                                 "error": error,
                             }
                         )
                     records.append(_worker_record(w))
                     del workers[index]
-                    if todo and stop.signum is None:
-                        start()
+                    if not w["ready"] and not ever_ready:  # no worker could start here: none is replaced
+                        if not workers:
+                            reason = (
+                                f"no worker process could start (exit code {proc.exitcode}; traceback above)"
+                            )
+                            for task in todo:
+                                failed = {"run_id": task["run_id"], "log": "the shard log", "ok": False}
+                                finish({**failed, "error": reason})
+                            todo.clear()
+                    elif todo and stop.signum is None and count < workers_wanted + len(tasks):
+                        start()  # (each run can cost at most one replacement)
                 elif w["ready"] and w["task"] is None and not w["stopping"]:
                     if todo and stop.signum is None:  # hand the idle worker the next run
                         w["task"] = todo.pop(0)
-                        w["tasks"].put(w["task"])
+                        w["conn"].send(w["task"])
                     else:
                         w["stopping"] = True
-                        w["tasks"].put(None)
+                        w["conn"].send(None)
     finally:
         stop.restore()
         for w in workers.values():
@@ -314,6 +374,16 @@ def _report(body: dict[str, Any], k: int, n: int) -> None:
         _say(f"[{k}/{n}] {body['run_id']}: FAILED: {body['error']}; log: {body['log']}")
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere): the interpreter start counts too."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def run_shard(
     name: str,
     specs: Mapping[str, dict[str, Any]],
@@ -327,16 +397,21 @@ def run_shard(
 ) -> int:
     """Build every run of shard ``name`` that is not done; write its record to ``out`` when all succeed.
     Returns the exit status: 0, 1 when a run failed, 128 + signal when interrupted."""
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - _process_age()
     parallel = int(run_cfg.get("parallel_runs", 1))
-    tasks = plan(specs, settings_json, runs_dir, data_dir, log_dir)
+    try:
+        tasks = plan(specs, settings_json, runs_dir, data_dir, log_dir)
+    except ValueError as err:
+        _say(f"{name}: {err}")
+        return 1
     pending = [t for t in tasks if t["state"] != DONE]
     counts = {s: sum(t["state"] == s for t in tasks) for s in (TRAIN, MEASURE, DONE)}
+    workers_wanted = min(parallel, len(pending))
     _say(
         f"{name}: {len(tasks)} runs: {counts[TRAIN]} to train, {counts[MEASURE]} to measure, "
-        f"{counts[DONE]} done; {min(parallel, len(pending))} worker process(es)"
+        f"{counts[DONE]} done; {workers_wanted} worker process(es)"
     )
-    done, workers, signum = _execute(pending, run_cfg, parallel) if pending else ([], [], None)
+    done, workers, signum = _execute(pending, run_cfg, workers_wanted) if pending else ([], [], None)
     wall = time.perf_counter() - t0
     failed = [r for r in done if not r["ok"]]
     if signum is not None:
@@ -356,7 +431,7 @@ def run_shard(
             else {"action": "skipped"}
         )
     compute = sum(v for r in done for key, v in r["seconds"].items() if key != "data")
-    slots = max(1, len(workers))
+    slots = max(1, workers_wanted)
     qio.write_json(
         out,
         {

@@ -15,7 +15,7 @@ from qgen.experiments import (
     runs_table,
     weights_path,
 )
-from qgen.shards import RUN_FILES, SHARD_PATTERN, partition, shards_of
+from qgen.shards import RUN_FILES, SHARD_PATTERN, shard_config_runs, shards_of
 
 min_version("9.0")
 
@@ -36,7 +36,7 @@ RUNTIME = config["runtime"]
 os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
 # Shards (qgen.shards): `all` builds the runs in shard jobs of about runtime.shard_runs runs each, one
 # job per shard in the DAG; the per-run rules build a run on its own when one of its files is asked for.
-SHARDS = partition({rid: run.spec["data"]["name"] for rid, run in RUNS.items()}, RUNTIME["shard_runs"])
+SHARDS = shard_config_runs(RUNS, RUNTIME["shard_runs"])
 # The training job also measures its model (one interpreter start per run instead of two) into a
 # cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
 MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
@@ -170,12 +170,15 @@ def incomplete_shards():
     ]
 
 
-INCOMPLETE = incomplete_shards()
+# Checked by the controller only (not in every cluster job step).
+INCOMPLETE = incomplete_shards() if workflow.is_main_process else []
 if INCOMPLETE:  # (printed: Snakemake's logger is not set up yet while the Snakefile is read)
     print(
-        f"qgen: {len(INCOMPLETE)} shards recorded as done have runs that lack files (removed by hand?), e.g. "
-        f"{INCOMPLETE[0]}. Rebuild them with `snakemake --forcerun shard` (shard jobs skip their finished "
-        "runs) or delete their records under results/shards/.",
+        f"qgen: {len(INCOMPLETE)} shards recorded as done have runs that lack files (removed by hand?). "
+        "Rebuild them with `snakemake --forcerun "
+        + " ".join(shard_record(name) for name in INCOMPLETE[:10])
+        + ("` (and the others)" if len(INCOMPLETE) > 10 else "`")
+        + " (shard jobs skip their finished runs) or delete those records under results/shards/.",
         file=sys.stderr,
     )
 

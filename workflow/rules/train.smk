@@ -27,10 +27,12 @@ rule shard:
         **shard_resources(),
     shell:
         "qgen shard {wildcards.shard} --run-ids {params.run_ids} --runs-table {input.runs:q}"
-        " --settings {params.settings:q} --out {output.record:q} 2> {log:q}"
+        " --settings {params.settings:q} --out {output.record:q} --cpus {threads} 2> {log:q}"
 
 
-# One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
+# One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Having rebuilt files of
+# a run, both rules remove the record of the shard that lists it (--forget-in), so that `all` reruns that
+# shard (it finds the run done, or adopts its measures) and collects the run again. Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
 # rule adopts when its settings and the model file still match (an interpreter start with torch costs
 # more than a small run's training). Each run's files stay separate DAG targets; measure settings are
 # params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
@@ -70,7 +72,8 @@ rule train:
     shell:
         "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
         " --out-log {output.log_csv:q} --out-metrics {output.metrics:q}"
-        " --measure-cache $(dirname {output.model:q})/measures.cache.json --threads {threads} 2> {log:q}"
+        " --measure-cache $(dirname {output.model:q})/measures.cache.json --threads {threads}"
+        " --forget-in results/shards 2> {log:q}"
 
 
 rule measure:
@@ -80,7 +83,7 @@ rule measure:
     output:
         measures="results/runs/{run_id}/measures.json",
     params:
-        settings=lambda wildcards: json.dumps(config["measures"], sort_keys=True),
+        settings=MEASURES_JSON,
     log:
         "logs/measure/{run_id}.log",
     conda:
@@ -94,4 +97,4 @@ rule measure:
     shell:
         "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
         " --cache $(dirname {input.model:q})/measures.cache.json --out {output.measures:q} --threads {threads}"
-        " 2> {log:q}"
+        " --forget-in results/shards 2> {log:q}"
