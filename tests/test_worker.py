@@ -19,7 +19,7 @@ from qgen import io as qio
 from qgen.audit import compare_records
 from qgen.config import measures_schema, validate
 from qgen.experiments import run_id, runs_table
-from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, forget, partition, run_state
+from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, partition, run_state
 from tests.conftest import TINY_MEASURES, make_spec
 
 SETTINGS = json.dumps(validate(dict(TINY_MEASURES), measures_schema(), where="test"), sort_keys=True)
@@ -257,14 +257,6 @@ def test_a_shard_whose_workers_cannot_start_fails_at_once_with_the_reason(tmp_pa
     assert proc.returncode == 1 and time.monotonic() - t0 < 60
     assert "torch sees no CUDA device" in proc.stderr and "no worker process could start" in proc.stderr
     assert proc.stderr.count("Traceback") == 1  # started once, not respawned
-
-
-def test_a_run_rebuilt_alone_is_forgotten_by_its_shard_record(tmp_path: Path) -> None:
-    qio.write_json(tmp_path / "a-0of2.json", {"runs": {"r1": {}, "r2": {}}})
-    qio.write_json(tmp_path / "a-1of2.json", {"runs": {"r3": {}}})
-    assert forget(tmp_path, "r2") == [tmp_path / "a-0of2.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1of2.json"]
-    assert forget(tmp_path / "none", "r1") == []
 
 
 def test_partition_is_stable_balanced_and_per_dataset() -> None:

@@ -123,18 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         as_cache=True,
         pretrained=args.pretrained,
     )
-    _forget(args.forget_in, record["run_id"])
     return 0
-
-
-def _forget(records_dir: str | None, run_id: str) -> None:
-    if records_dir:
-        from qgen.shards import forget
-
-        for path in forget(Path(records_dir), run_id):
-            print(
-                f"{run_id}: rebuilt alone; removed {path} so that its shard checks it again", file=sys.stderr
-            )
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -182,7 +171,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
             qio.write_json(args.out, cached)
             Path(args.cache).unlink()
             print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
-            _forget(args.forget_in, cached["run_id"])
             return 0
         print(
             "measure cache is stale (other settings or model) or unreadable; measuring again", file=sys.stderr
@@ -191,12 +179,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from qgen.runner import measure_files
 
     run_cfg = _runtime(args)
-    built = measure_files(
-        args.model, args.data_meta, args.settings, args.out, run_cfg, runtime.configure(run_cfg)
-    )
+    measure_files(args.model, args.data_meta, args.settings, args.out, run_cfg, runtime.configure(run_cfg))
     if args.cache:
         Path(args.cache).unlink(missing_ok=True)
-    _forget(args.forget_in, built.run_id)
     return 0
 
 
@@ -252,8 +237,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise SystemExit(
-                f"{len(missing)} run files are missing, e.g. {missing[0]}: their shard is recorded as done, "
-                "so rebuild with `snakemake --forcerun shard` (shard jobs skip finished runs)"
+                f"{len(missing)} run files are missing, e.g. {missing[0]}: run snakemake again (collect "
+                "asks the per-run rules for run files that are missing although their shard has run)"
             )
         metrics += [str(d / "metrics.json") for d in run_dirs]
         measures += [str(d / "measures.json") for d in run_dirs]
@@ -378,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pretrained", help="the file of the spec's model.pretrained weights (else $QGEN_WEIGHT_FILES)"
     )
-    p.add_argument("--forget-in", help="remove the shard records in this folder that list the run")
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
@@ -390,7 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
     p.add_argument("--cache", help="measures precomputed by `qgen train --measure-cache` (used if valid)")
-    p.add_argument("--forget-in", help="remove the shard records in this folder that list the run")
 
     p = sub.add_parser("shard", help="build the runs of one shard in workers that outlive one run")
     p.add_argument("name", help="the shard's name (its record is --out)")

@@ -143,18 +143,6 @@ def run_states(
     return states
 
 
-def forget(records_dir: Path, run_id: str) -> list[Path]:
-    """Remove the shard records in ``records_dir`` that list ``run_id`` (its files were rebuilt by the
-    per-run rules: the shard must check them again); the removed paths."""
-    removed = []
-    for path in sorted(Path(records_dir).glob("*.json")) if Path(records_dir).is_dir() else []:
-        record = _read(path)
-        if isinstance(record, dict) and run_id in record.get("runs", {}):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def read_runs_table(path: Path, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run id -> spec from results/runs.tsv (all runs, or those of ``run_ids``: each must be there)."""
     wanted = set(run_ids) if run_ids is not None else None

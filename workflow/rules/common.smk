@@ -15,7 +15,7 @@ from qgen.experiments import (
     runs_table,
     weights_path,
 )
-from qgen.shards import RUN_FILES, SHARD_PATTERN, shard_config_runs, shards_of
+from qgen.shards import SHARD_PATTERN, shard_config_runs, shards_of
 
 min_version("9.0")
 
@@ -154,33 +154,44 @@ def shard_resources():
     }
 
 
+def experiment_run_ids(experiment):
+    return [rid for rid, run in RUNS.items() if experiment in run.experiments]
+
+
 def experiment_shards(wildcards):
-    run_ids = [rid for rid, run in RUNS.items() if wildcards.experiment in run.experiments]
-    return [shard_record(name) for name in shards_of(SHARDS, run_ids)]
+    return [shard_record(name) for name in shards_of(SHARDS, experiment_run_ids(wildcards.experiment))]
 
 
-def incomplete_shards():
-    """Shards recorded as done although a file of one of their runs is gone (deleted by hand): the DAG
-    cannot see it (the per-run files are not inputs of any job of `all`), so say how to rebuild them."""
-    return [
-        name
-        for name, ids in SHARDS.items()
-        if os.path.exists(shard_record(name))
-        and not all(os.path.exists(f"results/runs/{rid}/{f}") for rid in ids for f in RUN_FILES)
-    ]
+def off_shard_files():
+    """Run files that `collect` reads (metrics.json, measures.json) and that are missing or newer than the
+    record of their shard (removed by hand, or rebuilt by the per-run rules since the shard ran): the
+    per-run files are not inputs of `all`'s jobs, so these few are added to `collect`'s inputs. Snakemake
+    then builds the missing ones through the per-run rules (the measure rule adopts a training job's
+    cache) and collects again. Four stats per run; shards without a record are built whole anyway."""
+    found = {}
+    for name, ids in SHARDS.items():
+        try:
+            recorded = os.stat(shard_record(name)).st_mtime_ns
+        except FileNotFoundError:
+            continue
+        for rid in ids:
+            for file in ("metrics.json", "measures.json"):
+                path = f"results/runs/{rid}/{file}"
+                try:
+                    if os.stat(path).st_mtime_ns <= recorded:
+                        continue
+                except FileNotFoundError:
+                    pass
+                found.setdefault(rid, []).append(path)
+    return found
 
 
-# Checked by the controller only (not in every cluster job step).
-INCOMPLETE = incomplete_shards() if workflow.is_main_process else []
-if INCOMPLETE:  # (printed: Snakemake's logger is not set up yet while the Snakefile is read)
-    print(
-        f"qgen: {len(INCOMPLETE)} shards recorded as done have runs that lack files (removed by hand?). "
-        "Rebuild them with `snakemake --forcerun "
-        + " ".join(shard_record(name) for name in INCOMPLETE[:10])
-        + ("` (and the others)" if len(INCOMPLETE) > 10 else "`")
-        + " (shard jobs skip their finished runs) or delete those records under results/shards/.",
-        file=sys.stderr,
-    )
+# Checked by the controller only (collect runs there; not in every cluster job step).
+OFF_SHARD = off_shard_files() if workflow.is_main_process else {}
+
+
+def experiment_off_shard_files(wildcards):
+    return [path for rid in experiment_run_ids(wildcards.experiment) for path in OFF_SHARD.get(rid, ())]
 
 
 def runs_table_text(wildcards):

@@ -20,6 +20,7 @@ rule collect:
     input:
         runs="results/runs.tsv",
         shards=experiment_shards,
+        rebuilt=experiment_off_shard_files,  # run files missing or rebuilt since their shard ran
     output:
         "results/{experiment}/runs.csv",
     log:

@@ -30,9 +30,9 @@ rule shard:
         " --settings {params.settings:q} --out {output.record:q} --cpus {threads} 2> {log:q}"
 
 
-# One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Having rebuilt files of
-# a run, both rules remove the record of the shard that lists it (--forget-in), so that `all` reruns that
-# shard (it finds the run done, or adopts its measures) and collects the run again. Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
+# One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Files of a run rebuilt
+# this way (or removed by hand) are newer than (or missing from) its shard's record: `collect` then asks for
+# them directly (common.smk, off_shard_files), so `all` completes the run here and collects it again. Per-run work in one process: train (resumable), evaluate, and measure into a cache that the measure
 # rule adopts when its settings and the model file still match (an interpreter start with torch costs
 # more than a small run's training). Each run's files stay separate DAG targets; measure settings are
 # params of `measure` only, so changing them re-measures (the stale cache is ignored), never retrains.
@@ -72,8 +72,7 @@ rule train:
     shell:
         "qgen train --spec {params.spec:q} --data-meta {input.meta:q} --out-model {output.model:q}"
         " --out-log {output.log_csv:q} --out-metrics {output.metrics:q}"
-        " --measure-cache $(dirname {output.model:q})/measures.cache.json --threads {threads}"
-        " --forget-in results/shards 2> {log:q}"
+        " --measure-cache $(dirname {output.model:q})/measures.cache.json --threads {threads} 2> {log:q}"
 
 
 rule measure:
@@ -97,4 +96,4 @@ rule measure:
     shell:
         "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
         " --cache $(dirname {input.model:q})/measures.cache.json --out {output.measures:q} --threads {threads}"
-        " --forget-in results/shards 2> {log:q}"
+        " 2> {log:q}"
