@@ -307,7 +307,8 @@ def test_paper_scale_configs_dry_run(tmp_path) -> None:
         tmp_path, REPO / "config/paper/binaryconnect.yaml", REPO / "config/paper/low_precision.yaml"
     )
     assert "binaryconnect_table" in out and "low_precision_table" in out
-    assert re.search(r"^train\s+60$", out, re.M) and re.search(r"^prepare_data\s+3$", out, re.M)
+    planned = sum(len(ids.split(",")) for ids in re.findall(r"qgen shard \S+ --run-ids (\S+)", out))
+    assert planned == 60 and re.search(r"^prepare_data\s+3$", out, re.M)  # 60 runs in shard jobs
 
 
 @pytest.mark.parametrize("name", ["binaryconnect.yaml", "low_precision.yaml"])

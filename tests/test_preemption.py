@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qgen import cli, runtime
+from qgen import cli, runner, runtime
 from qgen.measures import run as measures_run
 from qgen.measures.gap import generalization_metrics
 from qgen.train import checkpoint, loop, preemption, train_run
@@ -313,7 +313,7 @@ def test_sigterm_while_the_measure_rule_measures_exits_at_once_and_writes_nothin
         os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
         raise AssertionError("SIGTERM did not end the measuring")
 
-    monkeypatch.setattr(cli, "measure_model_file", measuring)
+    monkeypatch.setattr(runner, "measure_model_file", measuring)
     out = tmp_path / "measures.json"
     argv = ["measure", "--model", str(tmp_path / "model.pt"), "--data-meta", "meta.json", "--out", str(out)]
     with sigterm_guard() as unhandled, pytest.raises(preemption.Interrupted, match="measuring interrupted"):
