@@ -61,6 +61,22 @@ def provenance_record(
     )
 
 
+def model_provenance(
+    payload: dict[str, Any], model_path: str, run_cfg: dict[str, Any], device: Any, data: Any, **extra: Any
+) -> dict:
+    """Provenance of a result computed from a model file: its run, and the file's sha256 (which model file
+    was evaluated or measured: qgen.shards.run_state ties measures.json to metrics.json by it)."""
+    return provenance_record(
+        payload["run_id"],
+        payload["spec"]["seed"],
+        run_cfg,
+        device,
+        data,
+        model_sha256=qio.sha256_file(model_path),
+        **extra,
+    )
+
+
 def measure_settings(settings_json: str) -> dict[str, Any]:
     """The measure settings of ``settings_json`` (the config's measures section), schema-checked."""
     from qgen.config import measures_schema, validate
@@ -116,16 +132,15 @@ def evaluate_model_file(
         if reason is not None:
             fit.update(status=DEGENERATE, degenerate_reason=reason)
     fit.setdefault("degenerate_reason", None)  # (model files written before degenerate runs had a status)
-    prov = provenance_record(
-        payload["run_id"],
-        payload["spec"]["seed"],
+    prov = model_provenance(
+        payload,
+        model_path,
         run_cfg,
         device,
         data,
         wall_seconds={"train": train_seconds, "evaluate": round(time.perf_counter() - t0, 3)},
         resumed_from_epoch=resumed,
         train_provenance=payload["provenance"],
-        model_sha256=qio.sha256_file(model_path),  # which model file was evaluated (qgen.shards.run_state)
     )
     qio.write_json(
         out,
@@ -164,14 +179,13 @@ def measure_model_file(
         body = measure_run(payload, data, settings, device)
     timings = body.pop("timings", {})
     cost = body.pop("cost", None)  # peak CUDA memory and batch sizes: how it ran, not what it measured
-    prov = provenance_record(
-        payload["run_id"],
-        payload["spec"]["seed"],
+    prov = model_provenance(
+        payload,
+        model_path,
         run_cfg,
         device,
         data,
         wall_seconds={"measure": round(time.perf_counter() - t0, 3), **timings},
-        model_sha256=qio.sha256_file(model_path),  # which model file was measured
         **({"measure_cost": cost} if cost is not None else {}),
     )
     return {"run_id": payload["run_id"], "status": status, **body, "provenance": prov}
