@@ -161,20 +161,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from qgen.runner import cached_record
+    from qgen.runner import adopt_cache
 
     # Fast path, before anything imports torch: adopt measures the training job already computed
     # with exactly these settings for exactly this model file.
-    if args.cache and Path(args.cache).exists():
-        cached = cached_record(args.cache, args.settings, args.model)
-        if cached is not None:
-            qio.write_json(args.out, cached)
-            Path(args.cache).unlink()
-            print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
-            return 0
-        print(
-            "measure cache is stale (other settings or model) or unreadable; measuring again", file=sys.stderr
-        )
+    if args.cache and adopt_cache(args.cache, args.settings, args.model, args.out) is not None:
+        return 0
     from qgen import runtime
     from qgen.runner import measure_files
 

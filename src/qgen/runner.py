@@ -200,6 +200,27 @@ def cache_key(settings_json: str, model_path: str) -> dict[str, str]:
     }
 
 
+def adopt_cache(
+    cache: str | Path, settings_json: str, model_path: str, out: str | Path
+) -> dict[str, Any] | None:
+    """Write ``out`` (measures.json) from the training job's measure cache and remove the cache, when it holds
+    exactly these settings for this model file; else None (a stale cache stays for the caller to remove
+    after measuring). Imports no torch."""
+    if not Path(cache).exists():
+        return None
+    cached = cached_record(str(cache), settings_json, model_path)
+    if cached is None:
+        print(
+            "measure cache is stale (other settings or model) or unreadable; measuring again",
+            file=sys.stderr,
+        )
+        return None
+    qio.write_json(out, cached)
+    Path(cache).unlink()
+    print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
+    return cached
+
+
 def cached_record(cache: str, settings_json: str, model_path: str) -> dict[str, Any] | None:
     """The measures.json body in a measure cache written for exactly these settings and this model file
     (its sha256), else None: a cache of other settings, of an older model or unreadable is never used."""

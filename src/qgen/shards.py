@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,6 @@ from typing import Any
 #: shard names: ``<group>-<bucket>of<buckets>``
 SHARD_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_+-]*-[0-9]+of[0-9]+"
 TRAIN, MEASURE, DONE = "train", "measure", "done"
-#: the files of one run the shard job writes (the per-run rules declare the same files)
-RUN_FILES = ("model.pt", "train_log.csv", "metrics.json", "measures.json")
 
 
 def _bucket_count(n_runs: int, shard_runs: int) -> int:
@@ -171,7 +168,3 @@ def experiment_runs(path: Path, experiment: str) -> list[str]:
             if experiment in fields[col].split(","):
                 ids.append(fields[0])
     return ids
-
-
-def name_is_valid(name: str) -> bool:
-    return re.fullmatch(SHARD_PATTERN, name) is not None

@@ -185,17 +185,14 @@ def _measure(paths: dict[str, str], settings_json: str, run_cfg, device, data, r
     """Measures of a trained run: adopted from the per-run train rule's cache when it holds exactly these
     settings for this model file, else measured."""
     cache = Path(paths["model"]).with_name("measures.cache.json")
-    if cache.exists():
-        cached = runner.cached_record(str(cache), settings_json, paths["model"])
-        if cached is not None:
-            qio.write_json(paths["measures"], cached)
-            cache.unlink()
-            print(f"{cached['run_id']}: measures computed by the training job adopted", file=sys.stderr)
-            return runner.Built(cached["run_id"], "adopted", cached["status"], {})
-        cache.unlink()
-    return runner.measure_files(
+    cached = runner.adopt_cache(cache, settings_json, paths["model"], paths["measures"])
+    if cached is not None:
+        return runner.Built(cached["run_id"], "adopted", cached["status"], {})
+    built = runner.measure_files(
         paths["model"], paths["meta"], settings_json, paths["measures"], run_cfg, device, data=data
     )
+    cache.unlink(missing_ok=True)
+    return built
 
 
 # ---- the controller ------------------------------------------------------------------------------
