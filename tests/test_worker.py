@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qgen import io as qio
 from qgen.audit import compare_records
 from qgen.config import measures_schema, validate
 from qgen.experiments import run_id, runs_table
 from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, data_checksum, partition, run_state
-from tests.conftest import TINY_MEASURES, make_spec
+from tests.conftest import REPO, TINY_MEASURES, make_spec
 
 SETTINGS = json.dumps(validate(dict(TINY_MEASURES), measures_schema(), where="test"), sort_keys=True)
 SPECS = [
@@ -274,6 +275,30 @@ def test_partition_is_stable_balanced_and_per_dataset() -> None:
     assert partition(ids, 1) == {f"{rid}-0of1": [rid] for rid in ids}  # one job per run
     with pytest.raises(ValueError, match="shard_runs"):
         partition(ids, 0)
+    # a group of its own size: digits in one or two shards of up to 64 runs, mnist5k one job per run
+    own = partition(ids, 8, {"digits": 64, "mnist5k": 1})
+    assert {name.rsplit("of", 1)[1] for name in own if name.startswith("digits-0")} == {"2"}
+    assert [name for name in own if name.startswith("mnist5k")] == [f"{r}-0of1" for r in ids if r[0] == "m"]
+
+
+def test_an_experiment_sets_its_own_shard_size() -> None:
+    from qgen.config import validate_config
+    from qgen.experiments import all_runs
+    from qgen.shards import shard_config_runs
+
+    config = validate_config(yaml.safe_load((REPO / "config" / "default.yaml").read_text()))
+    runs = all_runs(config)
+    shards = shard_config_runs(runs, config)
+    for name, exp in config["experiments"].items():
+        size = exp.get("shard_runs") or config["runtime"]["shard_runs"]
+        mine = [ids for shard, ids in shards.items() if shard.split("-")[1] == name]
+        n = sum(name in r.experiments for r in runs.values())
+        assert sum(map(len, mine)) == n  # every run of the experiment, in its own shards
+        assert len(mine) == 1 << max(0, (-(-n // size) - 1).bit_length()), name  # ceil(n/size), power of 2
+    config["experiments"]["grid"]["shard_runs"] = 1  # one job per run of grid; the others unchanged
+    alone = {rid: shard for shard, ids in shard_config_runs(runs, config).items() for rid in ids}
+    for rid, run in runs.items():
+        assert (alone[rid] == f"{rid}-0of1") == (tuple(run.experiments) == ("grid",)), rid
 
 
 @pytest.mark.gpu

@@ -128,6 +128,28 @@ def test_pipeline_builds_tables_figures_and_one_row_per_run(built: Path) -> None
     }
 
 
+def test_every_job_is_benchmarked_and_qgen_cost_sums_them(built: Path) -> None:
+    from qgen.pipeline_cost import summarize
+
+    bench = built / "logs" / "benchmarks"
+    rules = {p.name for p in bench.iterdir()}
+    assert {"prepare_data", "shard", "collect", "analyse", "report", "notebook", "summary"} <= rules
+    assert (bench / "runs_table.tsv").exists()
+    s = summarize(built)
+    # every job: one per dataset, one shard, five per experiment, the runs table
+    assert s["jobs"] == 1 + 1 + 5 + 1 and s["rules"]["shard"]["jobs"] == 1
+    tiny = s["experiments"]["tiny"]
+    assert tiny["jobs"] == 6 and 0 < tiny["run_overhead"] < tiny["cpu"]
+    # the shard's CPU (its timing line: the controller and its worker) covers its runs' compute
+    assert s["rules"]["shard"]["cpu"] >= tiny["train"] + tiny["measure"] > 0
+    assert s["measures"]["tiny"]["runs"] == 4 and s["measures"]["tiny"]["pacbayes"] > 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "qgen.cli", "cost", "--root", str(built)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "| shard | 1 |" in proc.stdout and "| tiny | 6 |" in proc.stdout
+    assert "qgen timing" not in proc.stderr  # only workflow jobs write timing lines
+
+
 def test_metrics_carry_provenance(built: Path) -> None:
     path = next((built / "results/runs").glob("*/metrics.json"))
     record = json.loads(path.read_text())

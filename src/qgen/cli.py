@@ -27,6 +27,7 @@ from typing import Any
 
 from qgen import io as qio
 from qgen.config import ConfigError, load_config
+from qgen.job_cost import JobClock
 from qgen.runner import RUNTIME_DEFAULTS
 
 
@@ -147,6 +148,20 @@ def cmd_shard(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         log_dir=Path(args.log_dir),
     )
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from qgen.pipeline_cost import report, summarize
+
+    root = Path(args.root)
+    if args.json:
+        print(json.dumps(summarize(root, args.budget_minutes, args.cores), indent=1, sort_keys=True))
+        return 0
+    text = report(root, args.budget_minutes, args.cores)
+    if args.out:
+        qio.write_text(args.out, text)
+    print(text, end="")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -441,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis-dir", help="folder with the analyse step's outputs (adds their figures)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "cost", help="where a build's time went: per rule, per experiment, overhead share (logs/benchmarks)"
+    )
+    p.add_argument("--root", default=".", help="the project folder that was built")
+    p.add_argument("--budget-minutes", type=float, default=15.0, help="the main job's budget (15)")
+    p.add_argument("--cores", type=int, default=2, help="cores of the budget (2)")
+    p.add_argument("--out", help="also write the report (markdown) here")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead")
+    p.set_defaults(func=cmd_cost)
+
     p = sub.add_parser("paper-tables", help="paper-specific tables and figures of one experiment")
     p.add_argument("--runs", required=True)
     p.add_argument("--experiment", required=True)
@@ -457,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    clock = JobClock(args.func.__name__.removeprefix("cmd_").replace("_", "-")) if _timed() else None
     try:
         return args.func(args)
     except ConfigError as err:
@@ -470,6 +496,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qgen: {err}", file=sys.stderr)  # a missing or corrupt dataset: the message says which file
         return 2
+    finally:
+        if clock is not None:
+            clock.write()
+
+
+def _timed() -> bool:
+    """Workflow jobs (QGEN_JOB_TIMING=1, set by the Snakefile) end their log with a timing line."""
+    return os.environ.get("QGEN_JOB_TIMING") == "1"
 
 
 if __name__ == "__main__":

@@ -40,18 +40,24 @@ def _bucket_count(n_runs: int, shard_runs: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n_runs / shard_runs)))))
 
 
-def partition(runs: Mapping[str, str], shard_runs: int) -> dict[str, list[str]]:
-    """Shard name -> run ids (in the order given) for ``runs``: run id -> group (:func:`group_of`)."""
-    if shard_runs < 1:
-        raise ValueError(f"runtime.shard_runs must be at least 1, not {shard_runs}")
-    if shard_runs == 1:  # one run per job (runs of days): the shard is named after its run
-        return {f"{rid}-0of1": [rid] for rid in runs}
+def partition(
+    runs: Mapping[str, str], shard_runs: int, group_shard_runs: Mapping[str, int] | None = None
+) -> dict[str, list[str]]:
+    """Shard name -> run ids (in the order given) for ``runs``: run id -> group (:func:`group_of`).
+    ``group_shard_runs``: a group's own runs per shard, instead of ``shard_runs``."""
+    sizes = {group: (group_shard_runs or {}).get(group, shard_runs) for group in set(runs.values())}
+    for size in (shard_runs, *sizes.values()):
+        if size < 1:
+            raise ValueError(f"shard_runs must be at least 1, not {size}")
     by_group: dict[str, list[str]] = {}
     for rid, group in runs.items():
         by_group.setdefault(group, []).append(rid)
     shards: dict[str, list[str]] = {}
     for group, ids in by_group.items():
-        n = _bucket_count(len(ids), shard_runs)
+        if sizes[group] == 1:  # one run per job (runs of days): the shard is named after its run
+            shards.update({f"{rid}-0of1": [rid] for rid in ids})
+            continue
+        n = _bucket_count(len(ids), sizes[group])
         width = len(str(n - 1))
         buckets: dict[int, list[str]] = {}
         for rid in ids:
@@ -66,11 +72,17 @@ def group_of(dataset: str, experiments: Iterable[str]) -> str:
     return f"{dataset}-{'+'.join(sorted(experiments))}"
 
 
-def shard_config_runs(runs: Mapping[str, Any], shard_runs: int) -> dict[str, list[str]]:
-    """The shards of a config's runs (qgen.experiments.all_runs: run id -> Run)."""
-    return partition(
-        {rid: group_of(r.spec["data"]["name"], r.experiments) for rid, r in runs.items()}, shard_runs
-    )
+def shard_config_runs(runs: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The shards of a config's runs (qgen.experiments.all_runs: run id -> Run): ``runtime.shard_runs``
+    runs per shard, or an experiment's own ``shard_runs`` (a run in several experiments: the smallest)."""
+    default = int(config["runtime"]["shard_runs"])
+    own = {name: exp.get("shard_runs") for name, exp in config["experiments"].items()}
+    groups, sizes = {}, {}
+    for rid, run in runs.items():
+        group = group_of(run.spec["data"]["name"], run.experiments)
+        groups[rid] = group
+        sizes[group] = min(int(own.get(e) or default) for e in run.experiments)
+    return partition(groups, default, sizes)
 
 
 def shards_of(shards: Mapping[str, Iterable[str]], run_ids: Iterable[str]) -> list[str]:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from qgen import io as qio
+from qgen.job_cost import process_age
 from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, run_states
 
 SIGNALS = tuple(
@@ -371,16 +372,6 @@ def _report(body: dict[str, Any], k: int, n: int) -> None:
         _say(f"[{k}/{n}] {body['run_id']}: FAILED: {body['error']}; log: {body['log']}")
 
 
-def _process_age() -> float:
-    """Seconds since this process started (Linux /proc; 0 elsewhere): the interpreter start counts too."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def run_shard(
     name: str,
     specs: Mapping[str, dict[str, Any]],
@@ -394,7 +385,7 @@ def run_shard(
 ) -> int:
     """Build every run of shard ``name`` that is not done; write its record to ``out`` when all succeed.
     Returns the exit status: 0, 1 when a run failed, 128 + signal when interrupted."""
-    t0 = time.perf_counter() - _process_age()
+    t0 = time.perf_counter() - process_age()
     parallel = int(run_cfg.get("parallel_runs", 1))
     try:
         tasks = plan(specs, settings_json, runs_dir, data_dir, log_dir)

@@ -13,6 +13,8 @@ rule audit:
         snakefile=workflow.main_snakefile,
     log:
         "logs/audit/{run_id}.log",
+    benchmark:
+        "logs/benchmarks/audit/{run_id}.tsv"
     conda:
         "../../environment.yml"
     threads: RUNTIME["threads"]

@@ -34,9 +34,13 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 # each result records them in its provenance.
 RUNTIME = config["runtime"]
 os.environ["QGEN_RUNTIME"] = json.dumps(RUNTIME, sort_keys=True)
-# Shards (qgen.shards): `all` builds the runs in shard jobs of about runtime.shard_runs runs each, one
-# job per shard in the DAG; the per-run rules build a run on its own when one of its files is asked for.
-SHARDS = shard_config_runs(RUNS, RUNTIME["shard_runs"])
+# Every qgen job ends its log with a timing line (qgen.job_cost): start-up, imports and work, read with the
+# rules' benchmark files (logs/benchmarks/) by `qgen cost`.
+os.environ["QGEN_JOB_TIMING"] = "1"
+# Shards (qgen.shards): `all` builds the runs in shard jobs of about runtime.shard_runs runs each (or an
+# experiment's own shard_runs), one job per shard in the DAG; the per-run rules build a run on its own when
+# one of its files is asked for.
+SHARDS = shard_config_runs(RUNS, config)
 # The training job also measures its model (one interpreter start per run instead of two) into a
 # cache keyed by these settings and the model's sha256; the measure rule adopts it only if both match.
 MEASURES_JSON = json.dumps(config["measures"], sort_keys=True)
@@ -90,6 +94,7 @@ envvars:
     "QGEN_RUNTIME",
     "QGEN_MEASURES",
     "QGEN_WEIGHT_FILES",
+    "QGEN_JOB_TIMING",
 
 
 wildcard_constraints:

@@ -11,6 +11,8 @@ rule prepare_data:
         prep=lambda wildcards: json.dumps(dataset_entry(config, wildcards.dataset), sort_keys=True),
     log:
         "logs/prepare_data/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/prepare_data/{dataset}.tsv"
     conda:
         "../../environment.yml"
     threads: 1

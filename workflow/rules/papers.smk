@@ -8,6 +8,8 @@ rule binaryconnect_table:
         tables=multiext("results/{experiment}/tables/binaryconnect", ".md", ".csv", ".tex"),
     log:
         "logs/binaryconnect_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/binaryconnect_table/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True
@@ -28,6 +30,8 @@ rule low_precision_table:
         figures=multiext("figures/{experiment}/error_vs_prop_bits", ".png", ".pdf"),
     log:
         "logs/low_precision_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/low_precision_table/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True

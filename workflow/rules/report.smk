@@ -8,6 +8,8 @@ rule runs_table:
         table=runs_table_text,
     log:
         "logs/runs_table.log",
+    benchmark:
+        "logs/benchmarks/runs_table.tsv"
     localrule: True
     run:
         from qgen.io import write_text
@@ -25,6 +27,8 @@ rule collect:
         "results/{experiment}/runs.csv",
     log:
         "logs/collect/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/collect/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True
@@ -51,6 +55,8 @@ rule analyse:
         settings=lambda wildcards: json.dumps(config["analysis"], sort_keys=True),
     log:
         "logs/analyse/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/analyse/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True
@@ -81,6 +87,8 @@ rule report:
         ),
     log:
         "logs/report/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/report/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True
@@ -105,6 +113,8 @@ rule notebook:
         html="reports/{experiment}.html",
     log:
         "logs/notebook/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/notebook/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True
@@ -125,6 +135,8 @@ rule summary:
         "results/{experiment}/summary.json",
     log:
         "logs/summary/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/summary/{experiment}.tsv"
     conda:
         "../../environment.yml"
     localrule: True

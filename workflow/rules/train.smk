@@ -20,6 +20,8 @@ rule shard:
         settings=MEASURES_JSON,
     log:
         "logs/shards/{shard}.log",
+    benchmark:
+        "logs/benchmarks/shard/{shard}.tsv"
     conda:
         "../../environment.yml"
     threads: RUNTIME["threads"] * RUNTIME["parallel_runs"]
@@ -61,6 +63,8 @@ rule train:
         spec=run_spec_json,
     log:
         "logs/train/{run_id}.log",
+    benchmark:
+        "logs/benchmarks/train/{run_id}.tsv"
     conda:
         "../../environment.yml"
     threads: RUNTIME["threads"]
@@ -85,6 +89,8 @@ rule measure:
         settings=MEASURES_JSON,
     log:
         "logs/measure/{run_id}.log",
+    benchmark:
+        "logs/benchmarks/measure/{run_id}.tsv"
     conda:
         "../../environment.yml"
     threads: RUNTIME["threads"]
