@@ -233,6 +233,12 @@ cmd_stop() {
     stop_pidfile munged "$MUNGE_PID"
     rm -f "$STATE/run/munged.ours"
   fi
+  # With the daemons gone, every client command would wait MessageTimeout (10 s) for the controller, and the
+  # Snakemake SLURM plugin runs `scontrol show config` at every Snakemake start: stopped, they fail at once.
+  # `start` rewrites the config.
+  if [ -e "$CONF" ] && grep -qF "$MARK" "$CONF" && ! grep -qx "MessageTimeout=1" "$CONF"; then
+    printf '# stopped by scripts/slurm_cluster.sh stop: client commands fail at once\nMessageTimeout=1\n' >>"$CONF"
+  fi
 }
 
 cmd_status() {

@@ -367,7 +367,7 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
         )
     )
     runs = all_runs(config)
-    shards = shard_config_runs(runs, 2)
+    shards = shard_config_runs(runs, config)
     assert len(shards) >= 2
     write_json(tmp_path / "data/prepared/digits/meta.json", {"checksum": "c" * 64})
     current = json.loads(json.dumps(config["measures"]))
@@ -394,3 +394,26 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
         tmp_path / "data/prepared/digits/meta.json", {"params": {"test_fraction": 0.3, "split_seed": 0}}
     )
     assert dvc_stage.stale_prepared(config, tmp_path) == ["data/prepared/digits/meta.json"]
+
+
+def test_dag_outputs_are_asked_of_snakemake_once_per_workflow_version(
+    tmp_path: Path, monkeypatch
+) -> None:
+    for rel in ("Snakefile", "config/default.yaml", "workflow/rules/a.smk", "src/qgen/x.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    calls = []
+
+    def summary(root: Path) -> list[tuple[str, str]]:
+        calls.append(root)
+        return [("results/e/runs.csv", "collect"), (f"figures/e/{len(calls)}.png", "report")]
+
+    monkeypatch.setattr(dvc_stage, "_summary_outputs", summary)
+    first = dvc_stage.dag_outputs(tmp_path)
+    assert dvc_stage.dag_outputs(tmp_path) == first  # from the cache
+    assert len(calls) == 1 and first == [("results/e/runs.csv", "collect"), ("figures/e/1.png", "report")]
+    (tmp_path / "workflow/rules/a.smk").write_text("changed")  # a new workflow version asks again
+    assert dvc_stage.dag_outputs(tmp_path)[1] == ("figures/e/2.png", "report") and len(calls) == 2
+    monkeypatch.setenv("QGEN_SNAKEMAKE_ARGS", "--profile slurm")  # so do other Snakemake arguments
+    dvc_stage.dag_outputs(tmp_path)
+    assert len(calls) == 3

@@ -108,7 +108,7 @@ def pending_shards(config: dict, root: Path) -> tuple[list[str], dict[str, int]]
     states = {rid: TRAIN for rid in specs} | run_states(ready, settings, root / "results" / "runs", prepared)
     counts = {state: sum(s == state for s in states.values()) for state in set(states.values()) - {DONE}}
     stale = []
-    for name, ids in shard_config_runs(runs, int(config["runtime"]["shard_runs"])).items():
+    for name, ids in shard_config_runs(runs, config).items():
         record = root / "results" / "shards" / f"{name}.json"
         if record.exists() and any(states[rid] != DONE for rid in ids):  # a missing one is built anyway
             stale.append(record.relative_to(root).as_posix())
@@ -123,8 +123,40 @@ def extra_args() -> list[str]:
     return shlex.split(os.environ.get("QGEN_SNAKEMAKE_ARGS", ""))
 
 
+#: where :func:`dag_outputs` keeps the outputs of one workflow version (one file per version)
+DAG_CACHE = Path(".snakemake") / "qgen" / "dag_outputs"
+
+
+def workflow_version(root: Path) -> str:
+    """A hash of everything the DAG's file names can depend on: the Snakefile, workflow/, the default
+    config, qgen's code, the Snakemake version and QGEN_SNAKEMAKE_ARGS (not the files' states: the
+    experiments' outputs do not depend on which results exist)."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"{version('snakemake')}\0{os.environ.get('QGEN_SNAKEMAKE_ARGS', '')}".encode())
+    files = [root / "Snakefile", root / CONFIG, *sorted((root / "workflow").rglob("*"))]
+    files += sorted((root / "src" / "qgen").rglob("*.py"))
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def dag_outputs(root: Path) -> list[tuple[str, str]]:
-    """(file, rule) of every output in the DAG of the default target, from ``snakemake --summary``."""
+    """(file, rule) of every output in the DAG of the default target, from ``snakemake --summary``, kept
+    per workflow version (:func:`workflow_version`) so that the stages of one ``dvc repro`` ask once."""
+    cache = root / DAG_CACHE / f"{workflow_version(root)}.tsv"
+    if cache.exists():
+        return [tuple(line.split("\t", 1)) for line in cache.read_text().splitlines()]  # type: ignore[misc]
+    outputs = _summary_outputs(root)
+    from qgen.io import write_text
+
+    write_text(cache, "".join(f"{f}\t{rule}\n" for f, rule in outputs))
+    return outputs
+
+
+def _summary_outputs(root: Path) -> list[tuple[str, str]]:
     proc = subprocess.run(
         [*snakemake_base(), "--summary", *extra_args()], cwd=root, capture_output=True, text=True
     )
