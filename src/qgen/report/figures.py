@@ -55,13 +55,15 @@ def series_labels(runs: pd.DataFrame) -> pd.Series:
 
 
 def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf atomically (PDF without a creation date, so rebuilds match)."""
+    """Write ``stem``.png and ``stem``.pdf atomically (PDF without a creation date, so rebuilds match).
+    The layout is computed once, for the PNG; the PDF reuses it (same figure size, same positions)."""
     paths = []
     for ext, extra in (("png", {"dpi": 150}), ("pdf", {"metadata": {"CreationDate": None}})):
         target = Path(f"{stem}.{ext}")
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=ext, bbox_inches="tight", **extra)
         paths.append(target)
+        fig.set_layout_engine("none")
     plt.close(fig)
     return paths
 
