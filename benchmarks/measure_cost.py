@@ -76,8 +76,8 @@ CIFAR_AUGMENT = {"crop_padding": 4, "flip": True}
 #: the settings that carry a measure's example count: (lap names, settings path)
 EXAMPLE_KEYS = {
     ("noise",): ("noise", "examples"),
-    ("pacbayes", "norms"): ("examples",),
-    ("worst_case",): ("worst_case", "examples"),
+    ("pacbayes", "pacbayes_mag", "norms"): ("examples",),
+    ("worst_case", "worst_case_mag"): ("worst_case", "examples"),
     ("hessian", "noise_model"): ("hessian", "examples"),
 }
 

@@ -392,3 +392,108 @@ def test_measuring_a_run_twice_gives_identical_files(tmp_path, digits_dir, spec_
     layer = bodies[0]["layers"][1]
     assert {"step", "mean", "var", "var_ratio", "ks", "corr", "clipped_fraction"} <= set(layer["weight"])
     assert "zero_fraction" in layer["act"]
+
+
+# --- what a measurement does once (issue 16, item 5): the values are pinned in test_measures_frozen.py ---
+
+
+def test_a_resident_subset_yields_the_streamed_batches_once_gathered(digits_run, monkeypatch) -> None:
+    from qgen.measures.resident import ResidentExamples, resident
+
+    streamed = examples(digits_run.train, 300, 0, batch_size=128)
+    held = resident(streamed)
+    assert isinstance(held, ResidentExamples) and len(held) == 300 and held.batch_size == 128
+    gathered: list[int] = []
+    real = type(digits_run.train).batches
+    monkeypatch.setattr(
+        type(digits_run.train), "batches", lambda self, *a, **k: gathered.append(1) or real(self, *a, **k)
+    )
+    for _ in range(3):
+        pairs = list(zip(held, streamed, strict=True))
+        assert [len(y) for (_, y), _ in pairs] == [128, 128, 44]
+        assert all(torch.equal(x, xs) and torch.equal(y, ys) for (x, y), (xs, ys) in pairs)
+    assert len(gathered) == 3  # the streamed reads only: the resident one was gathered before
+    assert torch.equal(held.labels, streamed.labels)
+
+
+def test_a_subset_over_the_memory_cap_stays_streamed_and_in_place_changes_are_refused(digits_run) -> None:
+    from qgen.measures.resident import resident
+
+    streamed = examples(digits_run.train, 300, 0, batch_size=128)
+    row = 64 * 4 + 8  # 64 float32 pixels and an int64 label
+    assert resident(streamed, max_bytes=300 * row - 1) is streamed
+    held = resident(streamed, max_bytes=300 * row)
+    assert held is not streamed
+    next(iter(held))[0].mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        list(held)
+
+
+def test_measuring_gathers_each_subset_once(digits_run, monkeypatch) -> None:
+    """Hundreds of passes (σ′ draws, α′ ascent steps, Hessian products) read four subsets (noise, σ′ and
+    norms, α′, Hessian and noise model), each gathered and normalized once."""
+    from qgen.config import measures_schema, validate
+    from qgen.measures.run import measure_run
+    from tests.conftest import TINY_MEASURES, make_spec
+
+    spec = make_spec(model={"width": 8})
+    torch.manual_seed(0)
+    model = build_model(spec, digits_run.input_shape, digits_run.num_classes)
+    payload = {"spec": spec, "state_dict": model.state_dict(), "init_state": model.state_dict()}
+    gathered: list[int] = []
+    real = type(digits_run.train).batches
+    monkeypatch.setattr(
+        type(digits_run.train), "batches", lambda self, *a, **k: gathered.append(1) or real(self, *a, **k)
+    )
+    settings = validate({**TINY_MEASURES, "batch_size": 8}, measures_schema())
+    body = measure_run(payload, digits_run, settings, torch.device("cpu"))
+    assert body["cost"]["pacbayes"]["max_forward_rows"] == 8  # several batches per subset
+    assert len(gathered) == 4
+
+
+def test_a_worst_case_search_measures_the_unperturbed_error_once(digits_run, trained, monkeypatch) -> None:
+    calls: list[bool] = []
+    real = sharpness.error_and_gradient
+
+    def counted(model, subset, weights, u=None):
+        calls.append(u is None)
+        return real(model, subset, weights, u)
+
+    monkeypatch.setattr(sharpness, "error_and_gradient", counted)
+    view, subset = deploy(trained), examples(digits_run.train, 100, 0, batch_size=64)
+    search = sharpness.worst_case_alpha(view, subset, depth=4, steps=2, tolerance=1e-12, seed=0)
+    assert len(search.steps) == 4
+    # one unperturbed error for the search, then per step: 2 ascent steps with gradients, 1 final error
+    assert calls.count(True) == 1 + 4 and calls.count(False) == 4 * 2
+    alone = real(view, subset, view.perturbable())[0]
+    increase = sharpness.worst_case_increase(view, subset, search.value, steps=2, seed=0)
+    assert increase == sharpness.worst_case_increase(
+        view, subset, search.value, steps=2, seed=0, base_error=alone
+    )
+
+
+class Tied(nn.Module):
+    """One linear layer applied twice (registered under two names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 3)
+        self.second = self.first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_a_perturbation_of_a_tied_weight_moves_every_use_of_it() -> None:
+    torch.manual_seed(0)
+    tied, x = Tied().eval(), torch.randn(5, 3)
+    view = deploy(tied)
+    assert view.tied and not deploy(nn.Sequential(nn.Linear(3, 3))).tied
+    weights = view.perturbable()
+    assert list(weights) == ["first.weight", "first.bias"]
+    moved = {n: w + 0.5 for n, w in weights.items()}
+    twice = nn.Linear(3, 3)
+    with torch.no_grad():
+        twice.weight.copy_(moved["first.weight"])
+        twice.bias.copy_(moved["first.bias"])
+        assert torch.allclose(view(x, moved), twice(torch.relu(twice(x))))

@@ -89,6 +89,9 @@ class DeployedModel:
     parameter_names: list[str] = field(default_factory=list)
     #: which BatchNorms were folded, into which layer, through which ops, or why not (``Folding.to_dict``)
     batchnorm: Folding = field(default_factory=lambda: Folding(None))
+    #: whether a parameter or buffer of ``module`` is registered under two names (tied): only then does a
+    #: call with ``weights`` pay ``functional_call``'s search for ties on every forward
+    tied: bool = True
 
     def weights(self) -> Weights:
         params = dict(self.module.named_parameters())
@@ -106,7 +109,7 @@ class DeployedModel:
     def __call__(self, x: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
         if weights is None:
             return self.module(x)
-        return functional_call(self.module, weights, (x,), strict=False)
+        return functional_call(self.module, weights, (x,), strict=False, tie_weights=self.tied)
 
 
 @torch.no_grad()
@@ -137,7 +140,17 @@ def deploy(model: nn.Module, mode: str = "effective") -> DeployedModel:
         p.requires_grad_(False)
     params = dict(module.named_parameters())
     names = [f"{name}.weight" for name, _ in weighted_layers(module) if f"{name}.weight" in params]
-    return DeployedModel(module, names, mode, steps, _non_quantizer_parameters(module), batchnorm)
+    parameters = _non_quantizer_parameters(module)
+    return DeployedModel(module, names, mode, steps, parameters, batchnorm, _has_tied_tensors(module))
+
+
+def _has_tied_tensors(module: nn.Module) -> bool:
+    """Whether one parameter or buffer of ``module`` is registered under more than one name."""
+    tensors = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    return len({id(t) for _, t in tensors}) < len(tensors)
 
 
 def _non_quantizer_parameters(module: nn.Module) -> list[str]:

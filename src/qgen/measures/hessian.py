@@ -96,7 +96,11 @@ def hutchinson_trace(
     totals: list[float] = []
     layers: dict[str, list[float]] = {n: [] for n in like}
     for _ in range(max_probes):
-        v = {n: (torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for n, w in like.items()}
+        # drawn in the weights' dtype: the same draws (and generator state) as int64, without the cast
+        v = {
+            n: (torch.randint(0, 2, w.shape, generator=gen, dtype=w.dtype) * 2 - 1).to(w)
+            for n, w in like.items()
+        }
         hv = hvp(v)
         per = {n: float((v[n].double() * hv[n].double()).sum()) for n in like}
         for n, value in per.items():

@@ -10,9 +10,12 @@ reads a seeded subset of the training split as :class:`~qgen.data.batches.Exampl
 of ``measures.batch_size``, so no forward or backward pass sees more rows than that:
 ``noise.examples`` (noise statistics and propagation), ``examples`` (σ′ searches and the norms'
 margin), ``worst_case.examples`` (α′ searches) and ``hessian.examples`` (Hessian and noise model); null
-is the whole training split. measures.json's ``cost`` records, per measure, how many examples it read,
+is the whole training split. Each subset is gathered and normalized once and its batches held
+(qgen.measures.resident) when they fit in ``RESIDENT_BYTES``, else streamed; the values are the same
+either way. measures.json's ``cost`` records, per measure, how many examples it read,
 the largest batch a forward saw and the peak CUDA memory (null on CPU); the wall times go to
-provenance (``timings``).
+provenance (``timings``). The laps: noise, pacbayes, pacbayes_mag, worst_case, worst_case_mag (the plain
+and magnitude-aware σ′ and α′ searches), hessian, noise_model, norms.
 
 Size-normalized measures use m = the training-set size (``measure.m``, and ``m`` in the body), not the
 size of the subset they evaluate on (``measure.examples``), so ``measures.examples`` does not rescale
@@ -34,6 +37,7 @@ from qgen.data.run_data import RunData
 from qgen.measures import hessian, noise, noise_model, norms, sharpness
 from qgen.measures.cost import CostMeter
 from qgen.measures.deployed import deploy
+from qgen.measures.resident import resident
 from qgen.models import build_model, model_from_payload
 
 
@@ -56,7 +60,7 @@ def measure_run(
     seed, batch_size = settings["seed"], settings["batch_size"]
 
     def subset(size: int | None, subset_seed: int) -> Examples:
-        return examples(data.train, size, subset_seed, batch_size)
+        return resident(examples(data.train, size, subset_seed, batch_size))
 
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     init_model = build_model(payload["spec"], data.input_shape, data.num_classes).to(device)
@@ -83,18 +87,20 @@ def measure_run(
     pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
     pb_args["parameters"] = settings["parameters"]
     sigma = sharpness.pacbayes_sigma(view, train_examples, seed=seed, **pb_args)
+    meter.lap("pacbayes", train_examples)
     mag_sigma = sharpness.pacbayes_sigma(
         view, train_examples, magnitude_eps=pb["magnitude_eps"], seed=seed, **pb_args
     )
-    meter.lap("pacbayes", train_examples)
+    meter.lap("pacbayes_mag", train_examples)
     wc_args = {k: wc[k] for k in ("lower", "upper", "depth", "steps", "target", "tolerance")}
     wc_args["parameters"] = settings["parameters"]
     wc_examples = subset(wc["examples"], seed + 1)
     alpha = sharpness.worst_case_alpha(view, wc_examples, seed=seed, **wc_args)
+    meter.lap("worst_case", wc_examples)
     mag_alpha = sharpness.worst_case_alpha(
         view, wc_examples, magnitude_eps=wc["magnitude_eps"], seed=seed, **wc_args
     )
-    meter.lap("worst_case", wc_examples)
+    meter.lap("worst_case_mag", wc_examples)
     weights = view.weights()
     out.update(
         sharpness.pacbayes_measures(

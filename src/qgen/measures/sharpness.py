@@ -223,11 +223,13 @@ def worst_case_increase(
     parameters: str = "all",
     steps: int = 10,
     seed: int = 0,
+    base_error: float | None = None,
 ) -> float:
     """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w) on ``examples``, by projected
-    sign-gradient ascent on ``parameters`` ("all" or "weights")."""
+    sign-gradient ascent on ``parameters`` ("all" or "weights"); ``base_error``: err(w) if known (a
+    search passes it once for all its steps)."""
     weights = model.perturbable(parameters)
-    base_err, _ = error_and_gradient(model, examples, weights)
+    base_err = error_and_gradient(model, examples, weights)[0] if base_error is None else base_error
     bound = {
         n: (alpha * w.abs() + magnitude_eps) if magnitude_eps is not None else torch.full_like(w, alpha)
         for n, w in weights.items()
@@ -237,6 +239,9 @@ def worst_case_increase(
         n: (torch.rand(w.shape, generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * bound[n]
         for n, w in weights.items()
     }
+    # the ascent's step 2.5·bound/steps (2.5α/steps, or 2.5(α|w| + ε)/steps) and the box's low end, made once
+    step = {n: 2.5 / steps * b for n, b in bound.items()}
+    low = {n: -b for n, b in bound.items()}
     worst = 0.0
     for k in range(steps + 1):
         if k == steps:
@@ -246,10 +251,7 @@ def worst_case_increase(
         err, grads = error_and_gradient(model, examples, weights, u)
         worst = max(worst, err - base_err)
         assert grads is not None
-        u = {
-            n: torch.maximum(torch.minimum(u[n] + 2.5 / steps * bound[n] * g.sign(), bound[n]), -bound[n])
-            for n, g in grads.items()
-        }
+        u = {n: torch.clamp(u[n] + step[n] * g.sign(), min=low[n], max=bound[n]) for n, g in grads.items()}
     return worst
 
 
@@ -291,14 +293,23 @@ def worst_case_alpha(
     ``examples``, perturbing ``parameters`` ("all" or "weights").
 
     The bisection is geometric (midpoint √(lower·upper)): α′ ranges over orders of magnitude
-    between models, and a linear bisection spends most of its steps far above it.
+    between models, and a linear bisection spends most of its steps far above it. The unperturbed
+    error err(w) is measured once for all its steps.
     """
     if lower <= 0:
         raise ValueError("the geometric bisection of worst_case_alpha needs lower > 0")
+    base_error, _ = error_and_gradient(model, examples, model.perturbable(parameters))
 
     def increase(alpha: float) -> tuple[float, dict[str, float]]:
         value = worst_case_increase(
-            model, examples, alpha, magnitude_eps=magnitude_eps, parameters=parameters, steps=steps, seed=seed
+            model,
+            examples,
+            alpha,
+            magnitude_eps=magnitude_eps,
+            parameters=parameters,
+            steps=steps,
+            seed=seed,
+            base_error=base_error,
         )
         return value, {"alpha": alpha, "increase": value}
 
