@@ -8,13 +8,21 @@ is computed per round (LSQ / float) and reported as median and interquartile ran
 
     python benchmarks/step_time.py                 # defaults: 15 rounds of 20 steps, 1 thread
     python benchmarks/step_time.py --modes eager   # eager only
+    python benchmarks/step_time.py --kernels       # qgen's LSQ beside PyTorch's fused kernel
 
-Target (issue 2): LSQ W4A4 step <= 1.2x the float step for both models.
+Target (issues 2 and 16): LSQ W4A4 step <= 1.2x the float step (the NiN, eager as the pipeline runs).
+
+``--kernels`` runs every quantizer of the NiN LSQ W4A4 model on the tensors it sees in training (its
+input, its step |s| and the gradient arriving from above, captured by hooks) through qgen's
+``fake_quantize`` and through ``torch._fake_quantize_learnable_per_tensor_affine`` (zero point 0,
+range [-Q_N, Q_P], grad_factor g), forward and backward, in interleaved rounds, and counts where the
+two disagree: output values, the gradient reaching v, and the step gradient (relative difference).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import Any
@@ -23,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from qgen.models import build_model
-from qgen.quant import init_quantizers
+from qgen.quant import LSQQuantizer, fake_quantize, init_quantizers
 
 MODELS = {
     "mlp 64-512-512-10": {"name": "mlp", "depth": 2, "width": 512},
@@ -59,6 +67,7 @@ def make_step(model_spec: dict[str, Any], quant: dict[str, Any], batch: int, mod
 
     for _ in range(5 if mode == "eager" else 10):  # warm-up (and compilation)
         step()
+    step.model = model  # type: ignore[attr-defined]
     return step
 
 
@@ -84,6 +93,68 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
+def quantizer_inputs(model_spec: dict[str, Any], batch: int) -> list[dict[str, Any]]:
+    """What every LSQ quantizer of the model sees in one training step (after 5 warm-up steps): its
+    input v, its step |s|, Q_N, Q_P, g and the gradient of the loss with respect to its output."""
+    step = make_step(model_spec, QUANT["lsq_w4a4"], batch, "eager")
+    model = step.model  # type: ignore[attr-defined]
+    seen: list[dict[str, Any]] = []
+
+    def hook(name: str, quantizer: LSQQuantizer, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        v = inputs[0].detach().clone()
+        rec = {"name": name, "v": v, "s": quantizer.step_for(v).clone(), "qn": quantizer.qn}
+        rec.update(qp=quantizer.qp, g=quantizer.grad_scale(v))
+        out.register_hook(lambda grad: rec.__setitem__("grad", grad.detach().clone()))
+        seen.append(rec)
+
+    handles = [
+        m.register_forward_hook(functools.partial(hook, name))
+        for name, m in model.named_modules()
+        if isinstance(m, LSQQuantizer)
+    ]
+    step()
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def torch_learnable(v: torch.Tensor, s: torch.Tensor, qn: int, qp: int, g: float) -> torch.Tensor:
+    return torch._fake_quantize_learnable_per_tensor_affine(v, s, torch.zeros(1), -qn, qp, g)
+
+
+def kernels(model_spec: dict[str, Any], batch: int, rounds: int, k: int) -> None:
+    """qgen's LSQ beside PyTorch's fused kernel on the model's own tensors (see the module docstring)."""
+    kinds = {"qgen": fake_quantize, "torch": torch_learnable}
+    print(
+        f"{'quantizer':<20} {'shape':<18} {'qgen us':>8} {'torch us':>9} "
+        f"{'values differ':>14} {'dv differ':>10} {'ds rel diff':>12}"
+    )
+    totals = dict.fromkeys(kinds, 0.0)
+    for rec in quantizer_inputs(model_spec, batch):
+        v, s, grad = rec["v"], rec["s"], rec["grad"]
+        results = {}
+
+        def run(fn, v=v, s=s, grad=grad, rec=rec):
+            vv, ss = v.clone().requires_grad_(), s.clone().requires_grad_()
+            out = fn(vv, ss, rec["qn"], rec["qp"], rec["g"])
+            out.backward(grad)
+            return out.detach(), vv.grad, ss.grad
+
+        for name, fn in kinds.items():
+            results[name] = run(fn)
+        times = interleaved({name: (lambda fn=fn: run(fn)) for name, fn in kinds.items()}, rounds, k)
+        med = {name: 1e6 * statistics.median(t) for name, t in times.items()}
+        for name in kinds:
+            totals[name] += med[name]
+        (out_a, dv_a, ds_a), (out_b, dv_b, ds_b) = results["qgen"], results["torch"]
+        rel = ((ds_a - ds_b).abs() / ds_a.abs().clamp_min(1e-30)).item()
+        print(
+            f"{rec['name']:<20} {tuple(v.shape)!s:<18} {med['qgen']:>8.1f} {med['torch']:>9.1f} "
+            f"{int((out_a != out_b).sum()):>14d} {int((dv_a != dv_b).sum()):>10d} {rel:>12.2e}"
+        )
+    print(f"{'total (fwd + bwd)':<39} {totals['qgen']:>8.1f} {totals['torch']:>9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,8 +164,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument(
+        "--kernels", action="store_true", help="qgen's LSQ beside PyTorch's fused kernel (the NiN's tensors)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernels:
+        print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, NiN LSQ W4A4")
+        kernels(MODELS["nin depth 2, 100 ch"], args.batch, args.rounds, 10 * args.steps)
+        return
     modes = args.modes
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "

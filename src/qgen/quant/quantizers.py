@@ -231,7 +231,8 @@ class LSQQuantizer(Quantizer):
 
     def grad_scale(self, v: torch.Tensor) -> float:
         """g = 1/√(N·Q_P), N = elements sharing one step (Esser et al. 2020, Eq. 4)."""
-        n = v[0].numel() if self.role == "act" else v.numel() // (self.channels or 1)
+        # from the shape alone: ``v[0].numel()`` would dispatch an indexing op at every forward
+        n = v.numel() // (v.shape[0] if self.role == "act" else self.channels or 1)
         return 1.0 / math.sqrt(n * self.qp)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
