@@ -396,9 +396,7 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
     assert dvc_stage.stale_prepared(config, tmp_path) == ["data/prepared/digits/meta.json"]
 
 
-def test_dag_outputs_are_asked_of_snakemake_once_per_workflow_version(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_dag_outputs_are_asked_of_snakemake_once_per_workflow_version(tmp_path: Path, monkeypatch) -> None:
     for rel in ("Snakefile", "config/default.yaml", "workflow/rules/a.smk", "src/qgen/x.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
@@ -417,3 +415,15 @@ def test_dag_outputs_are_asked_of_snakemake_once_per_workflow_version(
     monkeypatch.setenv("QGEN_SNAKEMAKE_ARGS", "--profile slurm")  # so do other Snakemake arguments
     dvc_stage.dag_outputs(tmp_path)
     assert len(calls) == 3
+
+
+def test_settle_gives_benchmark_files_the_settled_time(tmp_path: Path) -> None:
+    pushed = tmp_path / "results/runs/r/metrics.json"
+    bench = tmp_path / "logs/benchmarks/shard/s.tsv"
+    for path, mtime in ((pushed, 1000), (bench, 10)):
+        path.parent.mkdir(parents=True)
+        path.write_text("x")
+        os.utime(path, (mtime, mtime))
+    dvc_stage.settle_mtimes(tmp_path)
+    # an older benchmark file would make Snakemake rerun its job (it counts among the job's outputs)
+    assert bench.stat().st_mtime == pushed.stat().st_mtime == 1000

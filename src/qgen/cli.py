@@ -154,10 +154,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from qgen.pipeline_cost import report, summarize
 
     root = Path(args.root)
+    path = Path(args.config) if args.config else root / "config" / "default.yaml"
+    config = None if args.config == "none" or not path.exists() else load_config(path)
     if args.json:
-        print(json.dumps(summarize(root, args.budget_minutes, args.cores), indent=1, sort_keys=True))
+        print(json.dumps(summarize(root, args.budget_minutes, args.cores, config), indent=1, sort_keys=True))
         return 0
-    text = report(root, args.budget_minutes, args.cores)
+    text = report(root, args.budget_minutes, args.cores, config)
     if args.out:
         qio.write_text(args.out, text)
     print(text, end="")
@@ -464,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=2, help="cores of the budget (2)")
     p.add_argument("--out", help="also write the report (markdown) here")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead")
+    p.add_argument(
+        "--config",
+        help="count only the jobs of this config's DAG (default: ROOT/config/default.yaml if it exists; "
+        "'none': every benchmark file)",
+    )
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("paper-tables", help="paper-specific tables and figures of one experiment")

@@ -59,13 +59,23 @@ def pushed_files(root: Path) -> list[Path]:
     return [p for top in PUSHED if (root / top).is_dir() for p in (root / top).rglob("*") if p.is_file()]
 
 
+#: Snakemake's benchmark files, which it counts among a job's outputs when it compares modification times
+BENCHMARKS = "logs/benchmarks"
+
+
 def settle_mtimes(root: Path) -> int:
-    """Give every pushed file the oldest modification time among them; return how many changed."""
+    """Give every pushed file the oldest modification time among them, and the local benchmark files that
+    time too (a benchmark file older than a freshly pulled input would rerun its job); return how many
+    pushed files changed."""
     files = pushed_files(root)
     if not files:
         return 0
     stats = {p: p.stat() for p in files}
     oldest = min(s.st_mtime_ns for s in stats.values())
+    bench = root / BENCHMARKS
+    for path in bench.rglob("*") if bench.is_dir() else []:
+        if path.is_file():
+            os.utime(path, ns=(path.stat().st_atime_ns, oldest))
     changed = 0
     for path, st in stats.items():
         if st.st_mtime_ns != oldest:
@@ -128,18 +138,22 @@ DAG_CACHE = Path(".snakemake") / "qgen" / "dag_outputs"
 
 
 def workflow_version(root: Path) -> str:
-    """A hash of everything the DAG's file names can depend on: the Snakefile, workflow/, the default
-    config, qgen's code, the Snakemake version and QGEN_SNAKEMAKE_ARGS (not the files' states: the
-    experiments' outputs do not depend on which results exist)."""
+    """A hash of everything the DAG's file names can depend on: the Snakefile, workflow/, profiles/, the
+    default config, qgen's code, the Snakemake version, QGEN_SNAKEMAKE_ARGS and $SNAKEMAKE_PROFILE (not the
+    files' states: the experiments' outputs do not depend on which results exist). Files named inside
+    QGEN_SNAKEMAKE_ARGS (another --configfile) count by name only."""
     import hashlib
     from importlib.metadata import version
 
     digest = hashlib.sha256(f"{version('snakemake')}\0{os.environ.get('QGEN_SNAKEMAKE_ARGS', '')}".encode())
     files = [root / "Snakefile", root / CONFIG, *sorted((root / "workflow").rglob("*"))]
-    files += sorted((root / "src" / "qgen").rglob("*.py"))
+    files += sorted((root / "profiles").rglob("*")) + sorted((root / "src" / "qgen").rglob("*"))
+    profile = os.environ.get("SNAKEMAKE_PROFILE")
+    if profile:
+        files += sorted(Path(profile).rglob("*")) if Path(profile).is_dir() else []
     for path in files:
-        if path.is_file():
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -152,6 +166,8 @@ def dag_outputs(root: Path) -> list[tuple[str, str]]:
     outputs = _summary_outputs(root)
     from qgen.io import write_text
 
+    for old in cache.parent.glob("*.tsv"):  # other workflow versions' outputs
+        old.unlink(missing_ok=True)
     write_text(cache, "".join(f"{f}\t{rule}\n" for f, rule in outputs))
     return outputs
 

@@ -10,7 +10,8 @@ Every ``qgen`` command ends by writing one line to stderr, which the workflow se
   torch, pandas, matplotlib ...; modules imported through ``importlib.import_module`` alone are not seen);
 - ``wall`` and ``cpu``: the whole process, CPU as user + system time of the process and of the child
   processes it waited for (a shard job's workers, a notebook's kernel);
-- ``work``: ``wall − startup − imports``, what is left for the job's own computation.
+- ``work``: ``wall − startup − imports``, what is left for the job's own computation;
+- ``end``: when it ended (epoch seconds), so a build's span needs no file modification times.
 
 Snakemake's ``benchmark:`` files (``logs/benchmarks/<rule>/...``) time the same job from outside (the
 shell included) and poll its memory; :mod:`qgen.pipeline_cost` reads both. Torch-free.
@@ -19,10 +20,12 @@ shell included) and poll its memory; :mod:`qgen.pipeline_cost` reads both. Torch
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,25 +51,28 @@ def cpu_seconds() -> float:
 
 
 class ImportClock:
-    """Sums the wall time spent in (outermost) ``import`` statements while installed."""
+    """Sums the wall time the main thread spends in (outermost) ``import`` statements while installed
+    (imports in other threads run alongside the main thread's work and are not counted)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self._depth = 0
-        self._original = builtins.__import__
+        self._original: Any = None
+        self._main = threading.main_thread()
 
     def _import(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if self._depth:
+        if self._depth or threading.current_thread() is not self._main:
             return self._original(name, *args, **kwargs)
-        self._depth += 1
         t0 = time.perf_counter()
         try:
+            self._depth += 1
             return self._original(name, *args, **kwargs)
         finally:
+            self._depth = 0
             self.seconds += time.perf_counter() - t0
-            self._depth -= 1
 
     def install(self) -> ImportClock:
+        self._original = builtins.__import__
         builtins.__import__ = self._import
         return self
 
@@ -95,11 +101,14 @@ class JobClock:
             "startup": round(self.startup, 3),
             "imports": round(imports, 3),
             "work": round(max(0.0, run - imports), 3),
+            "end": round(time.time(), 3),
         }
 
     def write(self, stream: TextIO | None = None) -> dict[str, Any]:
         body = self.record()
-        print(TIMING_PREFIX + json.dumps(body, sort_keys=True), file=stream or sys.stderr, flush=True)
+        # a closed or broken stderr must not hide the command's exit status
+        with contextlib.suppress(OSError, ValueError):
+            print(TIMING_PREFIX + json.dumps(body, sort_keys=True), file=stream or sys.stderr, flush=True)
         return body
 
 

@@ -33,6 +33,13 @@ from qgen.job_cost import read_timing
 LOG_DIRS = {"shard": "shards"}
 #: jobs that serve every experiment
 SHARED_RULES = ("prepare_data", "runs_table")
+#: jobs of one run (built alone, outside a shard), named by its run id
+PER_RUN_RULES = ("train", "measure")
+#: jobs of one experiment, named by it
+EXPERIMENT_RULES = ("collect", "analyse", "report", "notebook", "summary", "binaryconnect_table")
+EXPERIMENT_RULES += ("low_precision_table",)
+#: ``run:`` rules: Snakemake benchmarks its own process for them, so their polled CPU is not theirs
+RUN_BLOCK_RULES = ("runs_table",)
 EXPERIMENT_COLUMNS = [
     *("experiment", "jobs", "CPU s", "budget share", "train s", "measure s", "run overhead s"),
     *("run overhead %", "other jobs CPU s"),
@@ -51,6 +58,7 @@ class Job:
     overhead: float  # start-up and imports (non-shard jobs), the record's overhead (shard jobs)
     experiment: str = ""
     extra: dict[str, float] = field(default_factory=dict)  # shard jobs: train / evaluate / measure
+    end: float = 0.0  # when it ended (epoch seconds)
 
 
 def _float(value: str | None) -> float | None:
@@ -79,32 +87,57 @@ def run_experiments(root: Path) -> dict[str, list[str]]:
 
 
 def _shard_experiment(record: dict[str, Any], name: str, runs: dict[str, list[str]]) -> str:
-    for rid in record.get("runs", {}):
+    for rid in [*record.get("runs", {}), name.removesuffix("-0of1")]:
         if rid in runs:
             return "+".join(sorted(runs[rid]))
-    # <dataset>-<exp1+exp2>-<b>of<n>: the group between the dataset and the bucket
-    parts = name.rsplit("-", 1)[0].split("-", 1)
-    return parts[1] if len(parts) == 2 else ""
+    # <dataset>-<exp1+exp2>-<b>of<n> (dataset names may hold "-", experiment names never do)
+    group = name.rsplit("-", 1)[0]
+    return group.rsplit("-", 1)[1] if "-" in group else ""
 
 
-def read_jobs(root: Path) -> list[Job]:
-    """Every job with a benchmark file under ``root/logs/benchmarks``."""
+def current_jobs(config: dict[str, Any]) -> dict[str, set[str]]:
+    """Rule -> the job names the config's DAG can have (benchmark files of other names are left over from
+    builds of other configs, e.g. shards of another size)."""
+    from qgen.experiments import all_runs
+    from qgen.shards import shard_config_runs
+
+    runs = all_runs(config)
+    experiments = set(config["experiments"])
+    per_run = set(runs)
+    return {
+        "shard": set(shard_config_runs(runs, config)),
+        "prepare_data": {run.spec["data"]["name"] for run in runs.values()},
+        "runs_table": {""},
+        **{rule: per_run for rule in PER_RUN_RULES},
+        **{rule: experiments for rule in EXPERIMENT_RULES},
+    }
+
+
+def read_jobs(root: Path, config: dict[str, Any] | None = None) -> tuple[list[Job], int]:
+    """Every job with a benchmark file under ``root/logs/benchmarks`` (with ``config``: only the jobs its
+    DAG can have), and how many benchmark files were left out."""
     bench_root = root / "logs" / "benchmarks"
     runs = run_experiments(root)
-    jobs = []
+    wanted = current_jobs(config) if config is not None else None
+    jobs, skipped = [], 0
     for path in sorted(bench_root.rglob("*.tsv")) if bench_root.is_dir() else []:
         rel = path.relative_to(bench_root).with_suffix("")
         rule, name = (rel.parts[0], "/".join(rel.parts[1:])) if len(rel.parts) > 1 else (rel.name, "")
         row = _benchmark(path)
-        if row is None:
+        if row is None or (wanted is not None and name not in wanted.get(rule, set())):
+            skipped += 1
             continue
         logs = root / "logs"
         log = logs / LOG_DIRS.get(rule, rule) / f"{name}.log" if name else logs / f"{rule}.log"
         timing = read_timing(log) or {}
         wall = _float(row.get("s")) or 0.0
-        cpu = timing.get("cpu", _float(row.get("cpu_time")) or 0.0)
+        polled = 0.0 if rule in RUN_BLOCK_RULES else (_float(row.get("cpu_time")) or 0.0)
+        # the timing line is exact for the process and the children it waited for; the polled CPU also sees
+        # children nobody waited for (torch.compile's workers), so the larger of the two
+        cpu = max(float(timing.get("cpu", 0.0)), polled)
         overhead = timing.get("startup", 0.0) + timing.get("imports", 0.0)
-        job = Job(rule, name, wall, cpu, _float(row.get("max_rss")), overhead)
+        end = float(timing.get("end") or path.stat().st_mtime)
+        job = Job(rule, name, wall, cpu, _float(row.get("max_rss")), overhead, end=end)
         if rule == "shard":
             record_path = root / "results" / "shards" / f"{name}.json"
             try:
@@ -119,47 +152,49 @@ def read_jobs(root: Path) -> list[Job]:
                     for key, seconds in entry.get("seconds", {}).items():
                         if key != "data":
                             job.extra[key] = job.extra.get(key, 0.0) + seconds
+        elif rule in PER_RUN_RULES:
+            job.experiment = "+".join(sorted(runs.get(name, []))) or "(runs not in runs.tsv)"
+        elif rule == "audit":
+            job.experiment = "(audit)"
         elif rule not in SHARED_RULES:
             job.experiment = name
         jobs.append(job)
-    return jobs
+    return jobs, skipped
 
 
 def _sum(jobs: Iterable[Job], attr: str) -> float:
     return sum(getattr(j, attr) for j in jobs)
 
 
-def span_seconds(root: Path) -> float | None:
-    """Wall time from the first job's start to the last job's end (benchmark files' mtimes minus ``s``)."""
-    bench_root = root / "logs" / "benchmarks"
-    ends, starts = [], []
-    for path in bench_root.rglob("*.tsv") if bench_root.is_dir() else []:
-        row = _benchmark(path)
-        if row is None:
-            continue
-        end = path.stat().st_mtime
-        ends.append(end)
-        starts.append(end - (_float(row.get("s")) or 0.0))
-    return max(ends) - min(starts) if ends else None
+def span_seconds(jobs: Iterable[Job]) -> float | None:
+    """Wall time from the first job's start to the last job's end (each job's end minus its wall time)."""
+    jobs = list(jobs)
+    return max(j.end for j in jobs) - min(j.end - j.wall for j in jobs) if jobs else None
 
 
 def measure_seconds(root: Path) -> dict[str, dict[str, float]]:
-    """Experiment -> {measure: seconds summed over its runs, "runs": n, "train": training seconds}."""
-    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    """Experiment -> {measure: mean seconds per run that has that lap, "runs": n, "train": mean training
+    seconds}. Means over the runs with each lap, since runs measured by older code may lack a lap (before
+    issue 16, ``pacbayes`` held both σ′ searches and there was no ``pacbayes_mag``)."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for rid, experiments in run_experiments(root).items():
         run_dir = root / "results" / "runs" / rid
         try:
             measured = json.loads((run_dir / "measures.json").read_text())["provenance"]["wall_seconds"]
             trained = json.loads((run_dir / "metrics.json").read_text())["provenance"]["wall_seconds"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            laps = {"train": float(trained["train"]), **{k: float(v) for k, v in measured.items()}}
+        except (OSError, KeyError, TypeError, ValueError, AttributeError):
             continue
         for exp in experiments:
-            row = out[exp]
-            row["runs"] += 1
-            row["train"] += float(trained.get("train", 0.0)) if isinstance(trained, dict) else 0.0
-            for key, seconds in measured.items():
-                row[key] += float(seconds)
-    return {exp: dict(row) for exp, row in out.items()}
+            counts[exp]["runs"] += 1
+            for key, seconds in laps.items():
+                sums[exp][key] += seconds
+                counts[exp][key] += 1
+    return {
+        exp: {"runs": counts[exp]["runs"], **{k: v / counts[exp][k] for k, v in row.items()}}
+        for exp, row in sums.items()
+    }
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -171,9 +206,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def summarize(root: Path, budget_minutes: float = 15.0, cores: int = 2) -> dict[str, Any]:
-    """The figures of the report as data (tests and ``--json``)."""
-    jobs = read_jobs(root)
+def summarize(
+    root: Path, budget_minutes: float = 15.0, cores: int = 2, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The figures of the report as data (tests and ``--json``); ``config``: count only its DAG's jobs."""
+    jobs, skipped = read_jobs(root, config)
     budget = budget_minutes * 60 * cores
     by_rule: dict[str, list[Job]] = defaultdict(list)
     by_exp: dict[str, list[Job]] = defaultdict(list)
@@ -206,7 +243,8 @@ def summarize(root: Path, budget_minutes: float = 15.0, cores: int = 2) -> dict[
         }
     return {
         "jobs": len(jobs),
-        "wall_span": span_seconds(root),
+        "skipped_files": skipped,
+        "wall_span": span_seconds(jobs),
         "cpu": _sum(jobs, "cpu"),
         "budget_cpu_seconds": budget,
         "rules": rules,
@@ -215,15 +253,19 @@ def summarize(root: Path, budget_minutes: float = 15.0, cores: int = 2) -> dict[
     }
 
 
-def report(root: Path, budget_minutes: float = 15.0, cores: int = 2) -> str:
+def report(
+    root: Path, budget_minutes: float = 15.0, cores: int = 2, config: dict[str, Any] | None = None
+) -> str:
     """The report as markdown."""
-    s = summarize(root, budget_minutes, cores)
+    s = summarize(root, budget_minutes, cores, config)
     if not s["jobs"]:
         return f"no benchmark files under {root / 'logs' / 'benchmarks'}: build the pipeline first\n"
     span, budget = s["wall_span"], s["budget_cpu_seconds"]
     head = f"{s['jobs']} jobs, {s['cpu']:.0f} CPU-seconds"
     if span:
         head += f", {span / 60:.1f} minutes from the first job's start to the last one's end"
+    if s["skipped_files"]:
+        head += f" ({s['skipped_files']} benchmark files of jobs the config does not have left out)"
     rule_rows = [
         [r, v["jobs"], v["wall"], v["cpu"], v["overhead"], _pct(v["overhead"], v["wall"]), v["max_rss_mb"]]
         for r, v in s["rules"].items()
@@ -245,20 +287,17 @@ def report(root: Path, budget_minutes: float = 15.0, cores: int = 2) -> str:
         f"Per experiment (budget: {budget_minutes:g} minutes on {cores} cores = {budget:.0f} CPU-seconds; "
         "run overhead: the shard jobs' overhead against their runs' training and measuring):",
         "",
-        _table(
-            EXPERIMENT_COLUMNS,
-            exp_rows,
-        ),
+        _table(EXPERIMENT_COLUMNS, exp_rows),
     ]
     measures = s["measures"]
     if measures:
         names = sorted({k for row in measures.values() for k in row} - {"runs", "train", MEASURE_TOTAL})
         rows = []
         for e, row in sorted(measures.items()):
-            n, total = row["runs"], row.get(MEASURE_TOTAL, 0.0)
-            cells = [f"{row.get(m, 0.0) / n:.2f} ({_pct(row.get(m, 0.0), total)})" for m in names]
-            ratio = f"{total / row['train']:.2f}" if row["train"] else "-"
-            rows.append([e, int(n), *cells, total / n, row["train"] / n, ratio])
+            total = row.get(MEASURE_TOTAL, 0.0)
+            cells = [f"{row[m]:.2f} ({_pct(row[m], total)})" if m in row else "-" for m in names]
+            ratio = f"{total / row['train']:.2f}" if row.get("train") else "-"
+            rows.append([e, int(row["runs"]), *cells, total, row.get("train", 0.0), ratio])
         parts += [
             "",
             "Measures per run (mean seconds, and share of the run's measuring; then all measures against "
