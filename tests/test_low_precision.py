@@ -16,7 +16,8 @@ from qgen.quant.fixed_point import (
     NumberGroup,
     fixed_point,
     half_float,
-    overflow_rate,
+    overflow_counts,
+    overflow_limit,
     range_step,
     round_value,
 )
@@ -114,10 +115,13 @@ def test_dynamic_range_is_lowered_when_one_bit_less_suffices() -> None:
     assert g.adjust(21) == -1 and int(g.range) == 1
 
 
-def test_overflow_rate_counts_values_at_the_limit() -> None:
-    v = torch.tensor([3.875, -3.875, 3.0, 0.0])  # nob 5, noib 2: limit 31/8 = 3.875
-    assert overflow_rate(v, 5, 2).item() == pytest.approx(0.5)
-    assert overflow_rate(v, 5, 1).item() == pytest.approx(0.75)  # limit 1.9375
+def test_overflow_counts_values_at_the_limit_and_at_half_of_it() -> None:
+    v = torch.tensor([3.875, -3.875, 3.0, 0.0, -1.9375])  # nob 5, noib 2: limit 31/8 = 3.875
+    assert overflow_counts(v.abs(), overflow_limit(5, 2)).tolist() == [2, 4]
+    assert overflow_counts(v.abs(), overflow_limit(5, 1)).tolist() == [4, 4]  # limit 1.9375
+    g = _group(5, 2)
+    g.observe(v)
+    assert g.overflow.tolist() == [2 / 5, 4 / 5]
 
 
 def test_rounded_values_and_gradients_in_training() -> None:

@@ -12,6 +12,8 @@ Fixed point with NOB bits besides the sign and NOIB integer bits (the radix posi
 i.e. round-to-nearest (ties away from zero, as Theano's round then) with saturation on a grid of
 step 2^−(NOB−NOIB). The paper counts the sign
 bit, the code does not: a run spec gives the paper's bit widths (``prop_bits: 10`` is NOB = 9).
+:func:`fixed_point_counts` computes it bit for bit in five element-wise passes and takes the overflow
+counts (below) from the same magnitudes; the optimizer rounds in place into the tensors it owns.
 
 Every layer has ten groups, each with its own range in dynamic fixed point: the weights and biases
 (W, b), pre-activations z, activations y, their gradients dE/dz, dE/dy, dE/dW, dE/db, and the
@@ -38,6 +40,8 @@ agree.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +63,84 @@ def straight_through(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q + (v - v.detach())
 
 
-def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest, ties away from zero: ``T.round``'s default in the Theano releases the reference
-    code ran on (Theano later switched its default to ties-to-even)."""
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+def fixed_point(
+    x: torch.Tensor,
+    nob: int,
+    noib: int | torch.Tensor,
+    out: torch.Tensor | None = None,
+    scale: float = 1.0,
+    positive_zero: bool = False,
+) -> torch.Tensor:
+    """``x`` rounded to nearest, ties away from zero (``T.round``'s default in the Theano releases the
+    reference code ran on), on the grid 2^−(nob−noib), saturating at ±(2^nob − 1) steps, times
+    ``scale`` (one rounding, as ``fixed_point(x) * scale``). ``out`` receives the result; it may be ``x``.
+    ``positive_zero``: −0 comes out as +0, as ``result + 0`` gives it (:func:`straight_through`).
+    Exactness and cost: :func:`fixed_point_counts`."""
+    return _rounded(x, nob, int(noib), out, scale, positive_zero)[0]
 
 
-def fixed_point(x: torch.Tensor, nob: int, noib: int | torch.Tensor) -> torch.Tensor:
-    """Round ``x`` to nearest on the grid 2^−(nob−noib) and saturate at ±(2^nob − 1) steps."""
-    power = 2.0 ** (nob - int(noib))
-    top = float(2**nob - 1)
-    return torch.clamp(round_half_away(x * power), -top, top) / power
+def fixed_point_counts(
+    x: torch.Tensor, nob: int, noib: int | torch.Tensor, out: torch.Tensor | None = None, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fixed_point` and the overflow counts of the rounded values (before ``scale``): how many
+    have |v| ≥ (2^nob − 1)/2^(nob−noib) and how many |v| ≥ half of it, a float pair of exact integers.
+
+    Bit for bit the closed form of the module docstring (then ``· scale``), signed zeros included
+    (sign(−0) = 0 there, so −0 gives +0), for float32 and float64 ``x`` whose dtype holds the grid
+    exactly: 2^−k, half of it, 2^nob·2^−k and scale·2^−k normal numbers, k = nob − noib (ValueError
+    otherwise). Five element-wise passes, with s = sign(v), v = x·2^k, and m the integer magnitudes:
+
+        m = min(floor(0.5 + 2^k·x·s), 2^nob − 1),   result = s · (scale·2^−k) · m,
+
+    as saturating |v| equals clamping v; 0.5 + 2^k·x·s = 0.5 + |v| is one step with a single rounding
+    (the products are exact, or 2^k·x rounds alike in both forms); s = sign(x) for k ≥ 0 (for k < 0,
+    x·2^k is formed: it may flush to ±0); and s·fl(m·c) = fl(s·m·c) since rounding is symmetric. The
+    counts compare m with 2^nob − 1 and half of it in x's dtype: on an exact grid, |v| against the limits.
+    """
+    q, magnitude, sign = _rounded(x, nob, int(noib), out, scale, False)
+    return q, overflow_counts(magnitude, float(2**nob - 1), scratch=sign)
+
+
+def _rounded(
+    x: torch.Tensor, nob: int, noib: int, out: torch.Tensor | None, scale: float, positive_zero: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The result, as ±0 + its value (−0 keeps the sign of every zero, +0 makes −0 positive), the
+    integer magnitudes m and the signs (a temporary the caller may reuse)."""
+    k = nob - noib
+    if not _exact_grid(nob, k, scale, x.dtype):
+        raise ValueError(
+            f"fixed point with nob={nob}, noib={noib}, scale={scale}: {x.dtype} does not hold the grid "
+            f"exactly (step 2^{-k}, half of it, 2^{nob}·2^{-k} and scale·2^{-k} must be normal numbers)"
+        )
+    power = 2.0**k
+    half, plus_zero, minus_zero = _constants(x.device)
+    zero = plus_zero if positive_zero else minus_zero
+    sign = torch.sign(x if k >= 0 else x * power)
+    magnitude = torch.addcmul(half, x, sign, value=power).floor_().clamp_max_(float(2**nob - 1))
+    if out is None:  # no out= arguments: torch.func.vmap (the measures) has no batching rule for them
+        return torch.addcmul(zero, sign, magnitude, value=scale / power), magnitude, sign
+    return torch.addcmul(zero, sign, magnitude, value=scale / power, out=out), magnitude, sign
+
+
+@functools.lru_cache(maxsize=8)
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """0.5, +0 and −0 as 0-dim operands on ``device`` (0-dim: the results keep x's dtype)."""
+    return (
+        torch.tensor(0.5, device=device),
+        torch.tensor(0.0, device=device),
+        torch.tensor(-0.0, device=device),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _exact_grid(nob: int, k: int, scale: float, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` holds 2^−k, 2^−(k+1), 2^(nob−k) and scale·2^−k as normal numbers."""
+    info = torch.finfo(dtype)
+    e_min, e_max = math.frexp(info.tiny)[1] - 1, math.frexp(info.max)[1] - 1  # 2^e_min, 2^e_max normal
+    if not nob - e_max <= k < -e_min:
+        return False
+    e = math.frexp(scale)[1] - 1  # 2^e ≤ |scale| < 2^(e+1)
+    return scale == 0 or (math.isfinite(scale) and e_min <= e <= e_max and e_min <= e - k <= e_max)
 
 
 def overflow_limit(nob: int, noib: int | torch.Tensor) -> float:
@@ -77,9 +148,27 @@ def overflow_limit(nob: int, noib: int | torch.Tensor) -> float:
     return (2.0**nob - 1) / 2.0 ** (nob - int(noib))
 
 
-def overflow_rate(x: torch.Tensor, nob: int, noib: int | torch.Tensor) -> torch.Tensor:
-    """Fraction of ``x`` at or beyond the largest representable magnitude."""
-    return (x.detach().abs() >= overflow_limit(nob, noib)).sum().double() / x.numel()
+def overflow_counts(
+    magnitude: torch.Tensor, limit: float, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """How many of ``magnitude`` are ≥ ``limit`` and how many ≥ ``limit``/2 (a float pair of exact
+    integers); ``magnitude`` and ``scratch`` (a temporary of its shape and dtype) are overwritten. The
+    bounds are rounded to the dtype as a Python scalar operand of a comparison is (for limits
+    (2^nob − 1)·2^−k the rounding never goes down, so no value lies between a bound and its rounding)."""
+    scratch = torch.empty_like(magnitude) if scratch is None else scratch
+    dtype = torch.float64 if magnitude.numel() >= 2**24 else None  # float sums of 0/1 stay exact
+    at_half = torch.ge(magnitude, limit / 2, out=scratch).sum(dtype=dtype)
+    return torch.stack((magnitude.ge_(limit).sum(dtype=dtype), at_half))
+
+
+def add_overflow_rates(sums: torch.Tensor, counts: torch.Tensor, numel: int) -> None:
+    """``sums += counts / numel`` in float64, as the reference's per-batch ``overflow`` rates."""
+    sums.addcdiv_(counts, _numel(numel, sums.device))
+
+
+@functools.lru_cache(maxsize=256)
+def _numel(n: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(float(n), dtype=torch.float64, device=device)
 
 
 def range_step(rate: float, rate_below: float, max_overflow: float) -> int:
@@ -137,23 +226,67 @@ class NumberGroup(nn.Module):
         self.precision = precision  # bit width at which this group's overflow is measured
         self.register_buffer("range", torch.tensor(arithmetic.initial_range, dtype=torch.int64))
         self.register_buffer("overflow", torch.zeros(2, dtype=torch.float64))  # at range, range − 1
+        self._noib_read: tuple[torch.Tensor, int, int] | None = None  # (buffer, its version, value)
 
-    def quantize(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+    @property
+    def noib(self) -> int:
+        """The range as a Python int, read from the buffer (a device sync off the CPU) only when it is
+        another tensor or was changed in place since the last read (its version counter)."""
+        r = self.range
+        read = self._noib_read
+        if read is None or read[0] is not r or read[1] != r._version:
+            read = self._noib_read = (r, r._version, int(r))
+        return read[2]
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        precision: str | None = None,
+        observe: bool = False,
+        out: torch.Tensor | None = None,
+        scale: float = 1.0,
+    ) -> torch.Tensor:
+        """``scale`` × ``x`` in this group's format (``precision``: this group's bit width unless
+        given); with ``observe``, dynamic fixed point adds the overflow rates of the rounded values, counted
+        in the same pass. ``out`` receives the result (it may be ``x``: rounding in place)."""
+        q, counts = self.round(x, precision, observe, out, scale)
+        if counts is not None:
+            add_overflow_rates(self.overflow, counts, x.numel())
+        return q
+
+    def round(
+        self,
+        x: torch.Tensor,
+        precision: str | None = None,
+        count: bool = False,
+        out: torch.Tensor | None = None,
+        scale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`quantize` without adding the rates: the value and, with ``count`` in dynamic fixed
+        point, its overflow counts at this range (:func:`fixed_point_counts`; else None)."""
         a = self.arithmetic
-        if a.format == "float":
-            return x
-        if a.format == "half":
-            return half_float(x)
-        return fixed_point(x, a.nob(precision or self.precision), self.range)
+        if a.format in ("float", "half"):
+            q = half_float(x) if a.format == "half" else x
+            if scale != 1:
+                return torch.mul(q, scale, out=out), None
+            return (q if out is None or out is q else out.copy_(q)), None
+        nob, noib = a.nob(precision or self.precision), self.noib
+        if count and a.dynamic:
+            return fixed_point_counts(x, nob, noib, out, scale)
+        return fixed_point(x, nob, noib, out, scale), None
 
     @torch.no_grad()
-    def observe(self, x: torch.Tensor, precision: str | None = None) -> None:
-        """Add this batch's overflow rates of ``x`` (dynamic fixed point only)."""
+    def observe(
+        self, x: torch.Tensor, precision: str | None = None, counts: torch.Tensor | None = None
+    ) -> None:
+        """Add this batch's overflow rates of the stored values ``x`` (dynamic fixed point only), from
+        ``counts`` where the caller knows them (those of exactly ``x`` at this range and bit width)."""
         if not self.arithmetic.dynamic:
             return
-        limit = overflow_limit(self.arithmetic.nob(precision or self.precision), self.range)
-        a = x.detach().abs()
-        self.overflow += torch.stack([(a >= limit).sum(), (a >= limit / 2).sum()]).double() / a.numel()
+        if counts is None:
+            limit = overflow_limit(self.arithmetic.nob(precision or self.precision), self.noib)
+            counts = overflow_counts(x.detach().abs(), limit)
+        add_overflow_rates(self.overflow, counts, x.numel())
 
     @torch.no_grad()
     def adjust(self, batches: int) -> int:
@@ -172,16 +305,12 @@ class _QuantizeWithGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, value: NumberGroup, grad: NumberGroup) -> torch.Tensor:  # type: ignore[override]
-        q = value.quantize(x)
-        value.observe(q)
         ctx.grad_group = grad
-        return q
+        return value.quantize(x, observe=True)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        gq = ctx.grad_group.quantize(g)
-        ctx.grad_group.observe(gq)
-        return gq, None, None
+        return ctx.grad_group.quantize(g, observe=True), None, None
 
 
 def round_value(x: torch.Tensor, value: NumberGroup, grad: NumberGroup, training: bool) -> torch.Tensor:
@@ -192,6 +321,19 @@ def round_value(x: torch.Tensor, value: NumberGroup, grad: NumberGroup, training
     if training:
         return _QuantizeWithGradient.apply(x, value, grad)
     return straight_through(x, value.quantize(x.detach()))
+
+
+class _RoundedWeight(torch.autograd.Function):
+    """Training's view of a parameter: :func:`straight_through`'s value (the rounding at the propagation
+    bit width, −0 made +0 by its ``+ 0``) and gradient (passed to the parameter unchanged)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, group: NumberGroup) -> torch.Tensor:  # type: ignore[override]
+        return fixed_point(v, group.arithmetic.prop_nob, group.noib, positive_zero=True)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g, None
 
 
 class FixedPointWeight(Quantizer):
@@ -211,11 +353,13 @@ class FixedPointWeight(Quantizer):
         object.__setattr__(self, "group", group)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if self.training:  # the same value and gradient, without straight_through's two extra passes
+            return _RoundedWeight.apply(v, self.group)
         return straight_through(v, self.group.quantize(v.detach(), "prop"))
 
     def step_for(self, v: torch.Tensor) -> torch.Tensor:
         nob = self.group.arithmetic.prop_nob
-        step = 2.0 ** (-(nob - int(self.group.range)))
+        step = 2.0 ** (-(nob - self.group.noib))
         return torch.full(self.step_shape, step, dtype=v.dtype, device=v.device)
 
     def calibrate(self, v: torch.Tensor) -> None:

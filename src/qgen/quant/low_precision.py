@@ -127,8 +127,7 @@ class _SoftmaxOutputGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, target: torch.Tensor, y_group: NumberGroup, dedy: NumberGroup):  # type: ignore[override]
         k = z.shape[1]
-        y = y_group.quantize(torch.softmax(z, dim=1))
-        y_group.observe(y)
+        y = y_group.quantize(torch.softmax(z, dim=1), observe=True)
         ctx.save_for_backward(y, target)
         ctx.k, ctx.dedy = k, dedy
         return F.cross_entropy(z, target, reduction="sum") / k
@@ -137,9 +136,7 @@ class _SoftmaxOutputGradient(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         y, target = ctx.saved_tensors
         grad = (y - F.one_hot(target, ctx.k).to(y.dtype)) / ctx.k * g
-        grad = ctx.dedy.quantize(grad)
-        ctx.dedy.observe(grad)
-        return grad, None, None, None
+        return ctx.dedy.quantize(grad, observe=True, out=grad), None, None, None
 
 
 def softmax_output_loss(
