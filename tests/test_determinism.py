@@ -27,6 +27,23 @@ def test_configure_turns_tf32_off_unless_asked_and_determinism_reports_it() -> N
         runtime.configure({"device": "cpu", "threads": saved[2]})
 
 
+def test_configure_sets_determinism_without_loading_inductor_unless_compiling() -> None:
+    """The eager flag is set without importing Inductor (1.5 s per worker start); a compiled run also sets
+    Inductor's flag, as torch.use_deterministic_algorithms would."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from qgen import runtime; torch._C._set_deterministic_algorithms(False); "
+        "runtime.configure({'device': 'cpu', 'threads': 1}); "
+        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules); "
+        "runtime.configure({'device': 'cpu', 'threads': 1, 'compile': True}); "
+        "import torch._inductor.config as c; print(c.deterministic)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "True"]
+
+
 def test_every_result_records_its_determinism_settings() -> None:
     info = provenance.device_info(torch.device("cpu"))
     assert set(runtime.BIT_IDENTITY_KEYS) <= set(info["determinism"])

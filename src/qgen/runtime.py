@@ -19,6 +19,7 @@ with different sets need not agree in the last bits).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -43,10 +44,22 @@ def configure(runtime: dict[str, Any]) -> torch.device:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_algorithms(warn_only=True, compile=bool(runtime.get("compile")))
     else:
-        torch.use_deterministic_algorithms(True)
+        deterministic_algorithms(warn_only=False, compile=bool(runtime.get("compile")))
     return device
+
+
+def deterministic_algorithms(warn_only: bool, compile: bool) -> None:
+    """``torch.use_deterministic_algorithms(True)`` without its import of Inductor and Dynamo (1.5 s of
+    every worker's start on the 2-core machine, ``benchmarks/run_overhead.py``): the flag eager kernels read
+    is set directly; Inductor's own ``deterministic`` flag only when a model is compiled (``runtime.compile``)
+    or Inductor is already loaded, so compiled kernels follow it as with the public call."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or compile or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        return
+    setter(True, warn_only=warn_only)
 
 
 def determinism() -> dict[str, Any]:
