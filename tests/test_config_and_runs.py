@@ -267,3 +267,71 @@ def test_bits_order_is_weight_bits_then_activation_bits_high_to_low(pairs) -> No
     }
     order = [bits_of[label] for label in bits_order(list(bits_of))]
     assert order == sorted(order, reverse=True)
+
+
+def _scoped_config(main_job: dict, scope: str | None = None) -> dict:
+    exp = {
+        "base": {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp", "depth": 2, "width": 16},
+            "quant": {"method": "float"},
+            "optim": {"name": "sgd", "lr": 0.05, "batch_size": 64},
+            "train": {"max_epochs": 2, "target_ce": None},
+        },
+        "grid": {"model.width": [8, 16, 32], "quant": [{"method": "float"}, {"method": "lsq"}]},
+        "variants": [{}, {"optim": {"lr": 0.2}}],
+        "seeds": [0, 1, 2],
+        "main_job": main_job,
+    }
+    config = {"experiments": {"e": exp}}
+    if scope:
+        config["scope"] = scope
+    return validate_config(config)
+
+
+def test_main_job_part_is_the_listed_subset_with_the_full_experiments_run_ids() -> None:
+    """scope main (the default) builds only main_job's grid values, seeds and variants; scope full builds all,
+    and every main-job run is the same run (id and spec) of the full experiment."""
+    part = {"grid": {"model.width": [8, 32]}, "seeds": [0, 2], "variants": [1]}
+    main = {r.run_id: r for r in expand_config(_scoped_config(part))["e"]}
+    full = {r.run_id: r for r in expand_config(_scoped_config(part, "full"))["e"]}
+    assert len(full) == 3 * 2 * 2 * 3 and len(main) == 2 * 2 * 1 * 2
+    assert set(main) <= set(full)
+    for rid, run in main.items():
+        assert canonical_json(run.spec) == canonical_json(full[rid].spec)
+        assert run.spec["model"]["width"] in (8, 32) and run.spec["seed"] in (0, 2)
+        assert run.spec["optim"]["lr"] == 0.2
+    # a mapping-valued axis compares by value
+    quant = expand_config(_scoped_config({"grid": {"quant": [{"method": "lsq"}]}}))["e"]
+    assert {r.spec["quant"]["method"] for r in quant} == {"lsq"} and len(quant) == 3 * 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ({"grid": {"model.depth": [2]}}, "not a grid axis"),
+        ({"grid": {"model.width": [8, 64]}}, r"\[64\] not among"),
+        ({"seeds": [0, 5]}, r"\[5\] not among the seeds"),
+        ({"variants": [2]}, "2 variant"),
+    ],
+)
+def test_main_job_outside_the_experiment_is_an_error(part: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"experiments\.e\.main_job.*{message}"):
+        expand_config(_scoped_config(part))
+
+
+def test_scope_and_main_job_keys_are_validated() -> None:
+    with pytest.raises(ConfigError, match="scope"):
+        _scoped_config({"seeds": [0]}, "everything")
+    with pytest.raises(ConfigError, match="main_job"):
+        _scoped_config({"epochs": [1]})
+
+
+def test_default_config_main_job_is_a_part_of_the_full_default() -> None:
+    config = load_config(REPO / "config" / "default.yaml")
+    main, full = all_runs(config), all_runs({**config, "scope": "full"})
+    assert config["scope"] == "main" and set(main) <= set(full)
+    for name, exp in config["experiments"].items():
+        ids = {rid for rid, r in main.items() if name in r.experiments}
+        if "main_job" not in exp:
+            assert ids == {rid for rid, r in full.items() if name in r.experiments}

@@ -215,7 +215,7 @@ def audit_run(
     from qgen.experiments import all_runs, canonical_json
 
     root = Path(root)
-    runs = all_runs(config)
+    runs = all_runs({**config, "scope": "full"})  # a run of any scope: main_job parts are subsets
     if run_id not in runs:
         raise AuditError(
             f"run {run_id} is not defined by the config ({len(runs)} runs); `qgen runs <config>` lists them"

@@ -50,10 +50,15 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int, help="DataLoader processes reading a folder set (ImageNet)")
 
 
+def scoped(config: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """``config`` with ``scope`` given (main: the experiments' main_job parts; full: every run)."""
+    return config if scope is None else {**config, "scope": scope}
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from qgen.experiments import expand_config
 
-    config = load_config(args.config)
+    config = scoped(load_config(args.config), args.scope)
     runs = expand_config(config)
     for name, rs in runs.items():
         print(f"{name}: {len(rs)} runs")
@@ -64,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from qgen.experiments import all_runs, runs_table
 
-    text = runs_table(all_runs(load_config(args.config)))
+    text = runs_table(all_runs(scoped(load_config(args.config), args.scope)))
     if args.out:
         qio.write_text(args.out, text)
     else:
@@ -75,7 +80,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_spec(args: argparse.Namespace) -> int:
     from qgen.experiments import all_runs
 
-    runs = all_runs(load_config(args.config))
+    runs = all_runs(scoped(load_config(args.config), "full"))  # any run, of the main job or not
     if args.run_id not in runs:
         raise SystemExit(f"run {args.run_id} is not in {args.config}")
     record = {"run_id": args.run_id, "spec": runs[args.run_id].spec}
@@ -155,7 +160,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     path = Path(args.config) if args.config else root / "config" / "default.yaml"
-    config = None if args.config == "none" or not path.exists() else load_config(path)
+    config = None if args.config == "none" or not path.exists() else scoped(load_config(path), args.scope)
     if args.json:
         print(json.dumps(summarize(root, args.budget_minutes, args.cores, config), indent=1, sort_keys=True))
         return 0
@@ -333,12 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    scope_help = "main: the experiments' main_job parts; full: every run (default: the config's scope)"
     p = sub.add_parser("validate", help="validate a config and count its runs")
     p.add_argument("config")
+    p.add_argument("--scope", choices=["main", "full"], help=scope_help)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("runs", help="list the runs of a config (TSV)")
     p.add_argument("config")
+    p.add_argument("--scope", choices=["main", "full"], help=scope_help)
     p.add_argument("--out")
     p.set_defaults(func=cmd_runs)
 
@@ -471,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count only the jobs of this config's DAG (default: ROOT/config/default.yaml if it exists; "
         "'none': every benchmark file)",
     )
+    p.add_argument("--scope", choices=["main", "full"], help="the build's scope: " + scope_help)
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("paper-tables", help="paper-specific tables and figures of one experiment")

@@ -518,12 +518,58 @@ def expand_experiment(
     return runs
 
 
+def main_job_runs(name: str, experiment: dict[str, Any], runs: list[Run]) -> list[Run]:
+    """The runs of ``experiment.main_job``, the representative part the main job builds (``scope: main``):
+    those whose grid point, seed and variant are among the ones it lists. Each list must be a subset of
+    the experiment's own (a ConfigError otherwise), so the part's runs are runs of the full experiment."""
+    part = experiment.get("main_job")
+    if not part:
+        return runs
+    where = f"experiments.{name}.main_job"
+    grid = experiment.get("grid") or {}
+    keep_values: dict[str, set[str]] = {}
+    for axis, values in (part.get("grid") or {}).items():
+        if axis not in grid:
+            raise ConfigError(
+                f"{where}.grid.{axis}: not a grid axis of the experiment ({', '.join(grid) or 'none'})"
+            )
+        known = {canonical_json({"v": v}) for v in grid[axis]}
+        wanted = {canonical_json({"v": v}) for v in values}
+        if not wanted <= known:
+            extra = [v for v in values if canonical_json({"v": v}) not in known]
+            raise ConfigError(f"{where}.grid.{axis}: {extra} not among the axis's values {grid[axis]}")
+        keep_values[axis] = wanted
+    seeds = experiment.get("seeds", [0])
+    keep_seeds = part.get("seeds", seeds)
+    if not set(keep_seeds) <= set(seeds):
+        raise ConfigError(
+            f"{where}.seeds: {sorted(set(keep_seeds) - set(seeds))} not among the seeds {seeds}"
+        )
+    n_variants = len(experiment.get("variants") or [{}])
+    keep_variants = part.get("variants", range(n_variants))
+    if any(v >= n_variants for v in keep_variants):
+        raise ConfigError(
+            f"{where}.variants: the experiment has {n_variants} variant(s), indices 0-{n_variants - 1}"
+        )
+    kept = [
+        run
+        for run in runs
+        if run.spec["seed"] in keep_seeds
+        and run.grid_point.get("variant", 0) in keep_variants
+        and all(canonical_json({"v": run.grid_point[a]}) in vals for a, vals in keep_values.items())
+    ]
+    return kept
+
+
 def expand_config(config: dict[str, Any]) -> dict[str, list[Run]]:
-    """Runs of every experiment of a validated config, keyed by experiment name (order kept)."""
+    """Runs of every experiment of a validated config, keyed by experiment name (order kept); with
+    ``scope: main`` (the default) only the ``main_job`` part of an experiment that has one."""
     datasets = _dataset_defaults(config)
     out: dict[str, list[Run]] = {}
     for name, experiment in config["experiments"].items():
         runs = expand_experiment(name, experiment, datasets, config.get("weights") or {})
+        if config.get("scope", "main") == "main":
+            runs = main_job_runs(name, experiment, runs)
         unique: dict[str, Run] = {}
         for run in runs:
             unique.setdefault(run.run_id, run)
