@@ -138,6 +138,22 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "last_layer_names": None,
         "attention": None,
     },
+    # noise injection (qgen.quant.noise): no run ids to preserve, so its defaults stay in the spec;
+    # noise_on's default depends on act_bits (normalize_spec)
+    "noise": {
+        "weight_bits": None,
+        "act_bits": None,
+        "per_channel": None,
+        "first_layer": "8bit",
+        "last_layer": "8bit",
+        "grid": "symmetric",
+        "first_layer_names": None,
+        "last_layer_names": None,
+        "attention": None,
+        "noise_on": None,
+        "noise_clip": True,
+        "noise_eval": "round",
+    },
     "binary": {
         "stochastic": False,
         "H": 1,
@@ -218,10 +234,15 @@ def _check_combination(spec: dict[str, Any]) -> None:
             f"quant.method {method} (Courbariaux et al. 2014 arithmetic) needs model.name: maxout"
         )
     quant = spec["quant"]
-    if method in ("uniform", "lsq") and quant.get("weight_bits", 0) is None:
+    if method in ("uniform", "lsq", "noise") and quant.get("weight_bits", 0) is None:
         raise ConfigError(
             f"quant.weight_bits: null is not a bit width for quant.method {method}, which quantizes the "
             "weights (2-8 bits); only act_bits may be null (float activations)"
+        )
+    if method == "noise" and "act" in quant.get("noise_on", ()) and quant.get("act_bits") is None:
+        raise ConfigError(
+            "quant.noise_on names act but quant.act_bits is null: float activations have no rounding to "
+            "replace by noise (use noise_on: [weight])"
         )
     if method in ("fixed", "dynamic_fixed") and ("prop_bits" not in quant or "update_bits" not in quant):
         raise ConfigError(f"quant.method {method} needs quant.prop_bits and quant.update_bits")
@@ -303,6 +324,9 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
             kept[key] = default
     if method == "binary" and kept.get("test_time") is None:
         kept["test_time"] = "real" if kept["stochastic"] else "binary"
+    if method == "noise":  # every quantized role by default; listed in a fixed order
+        roles = kept.get("noise_on") or ["weight", *(["act"] if kept.get("act_bits") is not None else [])]
+        kept["noise_on"] = [r for r in ("weight", "act") if r in roles]
     spec["quant"] = {k: v for k, v in kept.items() if v is not None or k in quant}
     for key, default in QUANT_OMITTED_DEFAULTS.get(method, {}).items():
         if spec["quant"].get(key) == default:

@@ -170,7 +170,7 @@ def unused_request(spec: dict[str, Any]) -> str | None:
     plan = layer_precisions(spec)
     if method in WEIGHT_ONLY_METHODS:
         requested = {"weight": 1, "act": None}
-    elif method in ("uniform", "lsq"):
+    elif method in ("uniform", "lsq", "noise"):
         requested = {"weight": quant.get("weight_bits"), "act": quant.get("act_bits")}
     else:
         return None

@@ -9,6 +9,7 @@ from qgen.quant.fixed_point import Arithmetic, FixedPointWeight, NumberGroup, fi
 from qgen.quant.functional import fake_quantize, lsq_reference, range_quantize, ste_round
 from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, init_quantizers, quant_layers
 from qgen.quant.low_precision import LowPrecisionLinear, softmax_output_loss
+from qgen.quant.noise import NoiseQuantizer
 from qgen.quant.quantizers import GRIDS, LSQQuantizer, Quantizer, UniformQuantizer, int_range
 from qgen.quant.registry import LayerQuant, layer_quant
 
@@ -20,6 +21,7 @@ __all__ = [
     "LSQQuantizer",
     "LayerQuant",
     "LowPrecisionLinear",
+    "NoiseQuantizer",
     "NumberGroup",
     "QuantConv2d",
     "QuantLinear",

@@ -1,7 +1,10 @@
 """Map the ``quant`` section of a run spec to the quantizers of each layer.
 
 The first/last-layer policy (``same``, ``float`` or ``8bit``) is applied here and recorded in the
-run spec, so a table can say how the network's ends were treated. The low-precision arithmetic
+run spec, so a table can say how the network's ends were treated. Method ``noise`` (qgen.quant.noise)
+gives the roles named in ``quant.noise_on`` (default: every quantized one) a
+:class:`~qgen.quant.noise.NoiseQuantizer` and the other quantized roles the uniform quantizer that
+rounds on the same grid. The low-precision arithmetic
 formats of Courbariaux et al. (2014) (``half``, ``fixed``, ``dynamic_fixed``) are not per-layer
 quantizers: they belong to the maxout network (qgen.models.maxout).
 """
@@ -14,15 +17,23 @@ from typing import Any
 from torch import nn
 
 from qgen.quant.binary import BinaryQuantizer
+from qgen.quant.noise import NOISE_ROLES, NoiseQuantizer
 from qgen.quant.quantizers import LSQQuantizer, Quantizer, UniformQuantizer
 
-QUANTIZERS: dict[str, type[Quantizer]] = {"uniform": UniformQuantizer, "lsq": LSQQuantizer}
+QUANTIZERS: dict[str, type[Quantizer]] = {
+    "uniform": UniformQuantizer,
+    "lsq": LSQQuantizer,
+    "noise": NoiseQuantizer,
+}
 #: weight-only methods with their own options (quant section keys passed to the quantizer)
 WEIGHT_ONLY: dict[str, tuple[type[Quantizer], tuple[str, ...]]] = {
     "binary": (BinaryQuantizer, ("stochastic", "H", "lr_scale", "test_time")),
 }
 #: quant section keys passed to the quantizers of a per-layer method
-OPTIONS: dict[str, tuple[str, ...]] = {"uniform": ("grid",)}
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "uniform": ("grid",),
+    "noise": ("grid", "noise_on", "noise_clip", "noise_eval"),
+}
 #: formats of the low-precision arithmetic, which only the maxout network implements
 ARITHMETIC_FORMATS = ("half", "fixed", "dynamic_fixed")
 
@@ -43,21 +54,28 @@ class LayerQuant:
             return WEIGHT_ONLY[self.method][0](weight_shape, **dict(self.options))
         if self.weight_bits is None:
             return nn.Identity()
-        return QUANTIZERS[self.method](
+        return self._quantizer(
+            "weight",
             self.weight_bits,
             signed=True,
-            role="weight",
             channels=weight_shape[0] if self.per_channel else None,
             ndim=len(weight_shape),
-            **dict(self.options),
         )
 
     def input_quantizer(self) -> nn.Module:
         if self.act_bits is None or self.method in WEIGHT_ONLY:
             return nn.Identity()
-        return QUANTIZERS[self.method](
-            self.act_bits, signed=self.input_signed, role="act", **dict(self.options)
-        )
+        return self._quantizer("act", self.act_bits, signed=self.input_signed)
+
+    def _quantizer(self, role: str, bits: int, signed: bool, **shape: Any) -> Quantizer:
+        options = dict(self.options)
+        method = self.method
+        if method == "noise":
+            noise_on = options.pop("noise_on", NOISE_ROLES)
+            if role not in noise_on:  # rounded on the same grid: the matched uniform quantizer
+                method = "uniform"
+                options = {k: v for k, v in options.items() if k in OPTIONS["uniform"]}
+        return QUANTIZERS[method](bits, signed=signed, role=role, **shape, **options)
 
 
 def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> LayerQuant | None:
@@ -84,5 +102,9 @@ def layer_quant(quant: dict[str, Any], position: str, input_signed: bool) -> Lay
     if policy == "8bit":
         w_bits = 8 if w_bits is not None else None
         a_bits = 8 if a_bits is not None else None
-    options = tuple((k, quant[k]) for k in OPTIONS.get(method, ()) if k in quant)
+    options = tuple(
+        (k, tuple(quant[k]) if isinstance(quant[k], list) else quant[k])
+        for k in OPTIONS.get(method, ())
+        if k in quant
+    )
     return LayerQuant(method, w_bits, a_bits, bool(quant.get("per_channel", False)), input_signed, options)
