@@ -102,8 +102,91 @@ def _analysis_problems(settings: dict[str, Any], prefix: str) -> list[tuple[str,
     ]
 
 
+#: quant methods SAM is defined for (qgen.train.sam), and those with SAQ's cases (quantized weights)
+SAM_METHODS = ("float", "uniform", "lsq")
+SAQ_METHODS = ("uniform", "lsq")
+#: models with BatchNorm layers (the mlp with batch_norm or output_batch_norm)
+_BN_MODELS = ("nin", "vgg", "resnet_cifar", "resnet18", "resnet50", "mobilenet_v2")
+#: ASAM's eta when optim.sam.adaptive is set (qgen.train.sam.DEFAULT_ETA)
+SAM_DEFAULT_ETA = 0.01
+
+
+def _has_batch_norm(model: dict[str, Any]) -> bool:
+    if model.get("name") == "mlp":
+        return bool(model.get("batch_norm") or model.get("output_batch_norm"))
+    return model.get("name") in _BN_MODELS
+
+
+def _sam_problems(spec: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Cross-key rules of ``optim.sam`` (a run spec): the keys that apply to the run's quantizer and model.
+    When they hold, the defaults that depend on them are written into the spec (so it records every
+    setting): ``eta`` with ``adaptive``, ``include_bn`` for a model with BatchNorm, ``include_wclip``
+    (and, with activation quantizers, ``include_aclip``) for lsq."""
+    sam = (spec.get("optim") or {}).get("sam")
+    if not isinstance(sam, dict):
+        return []
+    where = f"{prefix}optim.sam"
+    model, quant = spec.get("model") or {}, spec.get("quant") or {}
+    method = quant.get("method")
+    if model.get("name") == "maxout":
+        return [
+            (
+                where,
+                "SAM is not defined for model maxout: its low-precision arithmetic (Courbariaux et al. 2014) "
+                "rounds every stored parameter into the format, and w + eps is no value of it",
+            )
+        ]
+    if method not in SAM_METHODS:
+        why = (
+            ": stochastic binarization draws a new network at every forward, and no paper defines SAM for "
+            "binary weights"
+            if method == "binary"
+            else ""
+        )
+        return [(where, f"SAM is defined for quant.method {', '.join(SAM_METHODS)}, not {method}{why}")]
+    problems = []
+    if method in SAQ_METHODS and "case" not in sam:
+        problems.append(
+            (
+                f"{where}.case",
+                f"quant.method {method} needs SAQ's case: 1, 2 or 3 (2 is plain SAM on the latent weights)",
+            )
+        )
+    if method not in SAQ_METHODS and "case" in sam:
+        problems.append(
+            (f"{where}.case", f"SAQ's cases perturb quantized weights; quant.method {method} has none")
+        )
+    for key in ("include_wclip", "include_aclip"):
+        if key in sam and method != "lsq":
+            problems.append(
+                (
+                    f"{where}.{key}",
+                    f"applies to quant.method lsq (learned steps); {method} has no learned step",
+                )
+            )
+    if "include_aclip" in sam and method == "lsq" and quant.get("act_bits") is None:
+        problems.append(
+            (f"{where}.include_aclip", "quant.act_bits is null: there are no activation quantizers")
+        )
+    if "eta" in sam and not sam.get("adaptive"):
+        problems.append((f"{where}.eta", "is ASAM's: it applies with optim.sam.adaptive: true"))
+    if "include_bn" in sam and not _has_batch_norm(model):
+        problems.append((f"{where}.include_bn", f"model {model.get('name')} has no BatchNorm layer"))
+    if problems:
+        return problems
+    if sam.get("adaptive"):
+        sam.setdefault("eta", SAM_DEFAULT_ETA)
+    if _has_batch_norm(model):
+        sam.setdefault("include_bn", True)
+    if method == "lsq":
+        sam.setdefault("include_wclip", False)
+        if quant.get("act_bits") is not None:
+            sam.setdefault("include_aclip", False)
+    return []
+
+
 #: rules JSON Schema cannot express, per $defs section
-_CROSS_KEY_RULES = {"measures": _measures_problems, "analysis": _analysis_problems}
+_CROSS_KEY_RULES = {"measures": _measures_problems, "analysis": _analysis_problems, "run_spec": _sam_problems}
 
 
 def _cross_key_problems(instance: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
@@ -125,7 +208,8 @@ def _cross_key_problems(instance: Any, schema: dict[str, Any]) -> list[tuple[str
 
 def validate(instance: Any, schema: dict[str, Any] | None = None, where: str = "config") -> Any:
     """Validate ``instance`` in place (filling defaults), then the cross-key rules JSON Schema cannot express
-    (search intervals, probe counts, claim measures); raise ConfigError listing all errors."""
+    (search intervals, probe counts, claim measures, a run spec's optim.sam, which also fills the defaults
+    that depend on other sections); raise ConfigError listing all errors."""
     schema = load_schema() if schema is None else schema
     validator = _DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))

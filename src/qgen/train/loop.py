@@ -49,6 +49,7 @@ from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, chance_accuracy, de
 from qgen.train import checkpoint, preemption
 from qgen.train.losses import training_loss
 from qgen.train.optim import build_optimizer, lr_at, momentum_at, set_lr, set_momentum
+from qgen.train.sam import SAM, SAMSettings
 
 log = logging.getLogger("qgen.train")
 
@@ -96,16 +97,40 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def batch_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loss: str = "ce", forward: nn.Module | None = None
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: str = "ce",
+    forward: nn.Module | None = None,
+    sam: dict[str, Any] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One optimizer step on a batch, with what a method adds after the update: BinaryConnect clips
-    its latent weights to [−H, H]; dynamic fixed point counts batches and moves its ranges."""
+    its latent weights to [−H, H]; dynamic fixed point counts batches and moves its ranges.
+
+    With ``sam`` (the spec's ``optim.sam``) the step is SAM's or SAQ's: two forward/backward passes
+    (qgen.train.sam). SAQ cases 1 and 3 perturb through module hooks, which torch.compile does not
+    guard, so they run the eager model even with ``runtime.compile``."""
     loss_fn = training_loss(loss, model)
     binary = [
         (m, m.weight_quant) for _, m in quant_layers(model) if isinstance(m.weight_quant, BinaryQuantizer)
     ]
     after_step = getattr(model, "after_step", None)
     forward = forward or model
+    if sam is not None:
+        sharp = SAM(model, optimizer, SAMSettings.from_spec(sam))
+        sam_forward = model if sharp.settings.after_quantization else forward
+        if sam_forward is not forward:
+            log.warning(
+                "SAQ case %d runs the eager model: runtime.compile is not applied", sharp.settings.case
+            )
+
+        def sam_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            value = sharp.step(lambda: loss_fn(sam_forward(x), y))
+            constrain_latent_weights(binary)
+            if after_step is not None:
+                after_step()
+            return value
+
+        return sam_step
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         value = loss_fn(forward(x), y)
@@ -167,7 +192,7 @@ def train_run(
     optimizer = build_optimizer(model, optim_spec)
     batch_size = optim_spec["batch_size"]
     step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
-    step = batch_step(model, optimizer, train_spec.get("loss", "ce"), step_model)
+    step = batch_step(model, optimizer, train_spec.get("loss", "ce"), step_model, optim_spec.get("sam"))
 
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed, resumed = 0, 0.0, None
