@@ -209,10 +209,16 @@ REPORT_NOTEBOOK = os.path.relpath(os.path.join(workflow.basedir, "notebooks", "r
 
 def paper_targets(experiments):
     """The files of the paper tables (and figures) the experiments ask for."""
+    # the figure each paper table comes with (rules in papers.smk)
+    figures = {
+        "low_precision": "error_vs_prop_bits",
+        "saq": "saq_vs_bits",
+        "noise_injection": "noise_vs_rounding",
+    }
     out = []
     for experiment in experiments:
         for name in config["experiments"][experiment].get("paper_tables", []):
             out += [f"results/{experiment}/tables/{name}.{ext}" for ext in ("md", "csv", "tex")]
-            if name == "low_precision":
-                out += [f"figures/{experiment}/error_vs_prop_bits.{ext}" for ext in ("png", "pdf")]
+            if name in figures:
+                out += [f"figures/{experiment}/{figures[name]}.{ext}" for ext in ("png", "pdf")]
     return out

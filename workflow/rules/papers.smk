@@ -43,3 +43,49 @@ rule low_precision_table:
         "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables low_precision"
         " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
         " 2> {log:q}"
+
+
+rule saq_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/saq", ".md", ".csv", ".tex"),
+        figures=multiext("figures/{experiment}/saq_vs_bits", ".png", ".pdf"),
+    log:
+        "logs/saq_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/saq_table/{experiment}.tsv"
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables saq"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " 2> {log:q}"
+
+
+rule noise_injection_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/noise_injection", ".md", ".csv", ".tex"),
+        figures=multiext("figures/{experiment}/noise_vs_rounding", ".png", ".pdf"),
+    log:
+        "logs/noise_injection_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/noise_injection_table/{experiment}.tsv"
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables noise_injection"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " 2> {log:q}"
