@@ -162,5 +162,22 @@ if (tables / "low_precision.md").exists():
         f"**Reading.** Single float: {100 * flp:.2f} % test error. Within 1 point of it, fixed point needs "
         f"{fewest_bits('fixed point')} propagation bits and dynamic fixed point {fewest_bits('dynamic fixed point')} "
         "(the paper: 20 and 10 bits, PI-MNIST)."))
+for name, figure, reading in (
+    (
+        "saq",
+        "saq_vs_bits",
+        "SAQ claims: case 3 against its plain-QAT twins (`saq_beats_qat`, `saq_flatter`, section 6).",
+    ),
+    (
+        "noise_injection",
+        "noise_vs_rounding",
+        "Noise-trained against rounding-trained at the same step rule (`noise_matches_rounding`, section 6).",
+    ),
+):
+    if (tables / f"{name}.md").exists():
+        shown = True
+        display(Markdown((tables / f"{name}.md").read_text().split("\n", 2)[2]))
+        display(Image(filename=str(fig / f"{figure}.png")))
+        display(Markdown(f"**Reading.** {reading}"))
 if not shown:
     display(Markdown("This experiment has no paper table."))

@@ -9,9 +9,10 @@
 #   3. one epoch of the same data for every model family, float and LSQ W4A4 (benchmarks/family_epoch.py);
 #      the families' one-step CUDA tests run in part 1 (tests/test_model_families.py);
 #   4. training throughput of NiN, ResNet-20 and the small ViT, float and LSQ W4A4, one run at a time vs
-#      K = 8 spawned processes at once on the GPU: images/s, models per hour (benchmarks/gpu_throughput.py).
+#      K = 8 spawned processes at once on the GPU: images/s, models per hour (benchmarks/gpu_throughput.py);
+#   5. the SAM and SAQ (cases 1-3) steps against their plain float and LSQ steps (benchmarks/saq_step.py).
 #
-# Budget: under 8 minutes in all (each part has its own timeout: 115 + 100 + 100 + 150 s, and about 10 s of
+# Budget: under 8 minutes in all (each part has its own timeout: 115 + 90 + 90 + 150 + 45 s, and about 10 s of
 # set-up). Prepare once, here:
 #   bash scripts/gpu_check.sh --wheels     # downloads the missing pure-Python wheels into .whl/ (ignored)
 # then run it there with the device tool: command `bash scripts/gpu_check.sh`, carry [".whl"].
@@ -52,11 +53,14 @@ timeout 115 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu
   tests/test_measure_values.py tests/test_augment.py tests/test_model_families.py tests/test_worker.py 2>&1 | tee "$out/gpu_tests.log" || status=1
 
 echo "== 2. CIFAR-10-shaped epoch per model and the measures' cost on CUDA"
-timeout 100 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
+timeout 90 "$python" benchmarks/measure_cost.py --device cuda --epoch --threads 8 2>&1 | tee "$out/measure_cost_cuda.log" || status=1
 
 echo "== 3. one epoch per model family (float and LSQ W4A4) on CUDA"
-timeout 100 "$python" benchmarks/family_epoch.py --device cuda 2>&1 | tee "$out/family_epoch_cuda.log" || status=1
+timeout 90 "$python" benchmarks/family_epoch.py --device cuda 2>&1 | tee "$out/family_epoch_cuda.log" || status=1
 
 echo "== 4. training throughput, one run at a time vs K at once, float and LSQ W4A4, on CUDA"
 timeout 150 "$python" benchmarks/gpu_throughput.py --device cuda 2>&1 | tee "$out/gpu_throughput_cuda.log" || status=1
+
+echo "== 5. SAM and SAQ steps against their plain steps on CUDA"
+timeout 45 "$python" benchmarks/saq_step.py --device cuda --cases 1 2 3 2>&1 | tee "$out/saq_step_cuda.log" || status=1
 exit $status

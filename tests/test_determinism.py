@@ -28,15 +28,18 @@ def test_configure_turns_tf32_off_unless_asked_and_determinism_reports_it() -> N
 
 
 def test_configure_sets_determinism_without_loading_inductor_unless_compiling() -> None:
-    """The eager flag is set without importing Inductor (1.5 s per worker start); a compiled run also sets
-    Inductor's flag, as torch.use_deterministic_algorithms would."""
+    """The eager flag is set without importing Inductor, and no module a run uses imports Dynamo (1.5 and
+    2.4 s of every worker start); a compiled run also sets Inductor's flag, as
+    torch.use_deterministic_algorithms would."""
     import subprocess
     import sys
 
     code = (
         "import sys, torch; from qgen import runtime; torch._C._set_deterministic_algorithms(False); "
+        "import qgen.runner, qgen.train.loop, qgen.measures.run, qgen.quant, qgen.train.sam; "
         "runtime.configure({'device': 'cpu', 'threads': 1}); "
-        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules); "
+        "print(torch.are_deterministic_algorithms_enabled(), "
+        "any(m in sys.modules for m in ('torch._inductor', 'torch._dynamo'))); "
         "runtime.configure({'device': 'cpu', 'threads': 1, 'compile': True}); "
         "import torch._inductor.config as c; print(c.deterministic)"
     )

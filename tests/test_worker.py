@@ -294,7 +294,9 @@ def test_an_experiment_sets_its_own_shard_size() -> None:
         mine = [ids for shard, ids in shards.items() if shard.split("-")[1] == name]
         n = sum(name in r.experiments for r in runs.values())
         assert sum(map(len, mine)) == n  # every run of the experiment, in its own shards
-        assert len(mine) == 1 << max(0, (-(-n // size) - 1).bit_length()), name  # ceil(n/size), power of 2
+        buckets = 1 << max(0, (-(-n // size) - 1).bit_length())  # ceil(n/size), rounded up to a power of 2
+        assert {s.rsplit("of", 1)[1] for s, _ in shards.items() if s.split("-")[1] == name} == {str(buckets)}
+        assert 0 < len(mine) <= buckets and all(mine), name  # an empty hash bucket makes no shard
     config["experiments"]["grid"]["shard_runs"] = 1  # one job per run of grid; the others unchanged
     alone = {rid: shard for shard, ids in shard_config_runs(runs, config).items() for rid in ids}
     for rid, run in runs.items():

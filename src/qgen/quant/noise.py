@@ -151,7 +151,6 @@ class NoiseQuantizer(UniformQuantizer):
         self._stream, self._step = int(self.noise_seed), int(self.noise_step)
         self._eval_noise.clear()
 
-    @torch.compiler.disable
     def _training_noise(self, v: torch.Tensor) -> torch.Tensor:
         """This training forward's unit draw; counts the step (calibration draws count nothing)."""
         if self.calibrating:
@@ -200,3 +199,13 @@ class NoiseQuantizer(UniformQuantizer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise_clip={self.noise_clip}, noise_eval={self.noise_eval}"
+
+
+def prepare_compile() -> None:
+    """Keep the training draw out of torch.compile's graphs (a fresh generator and a Python counter per
+    step; Dynamo runs it eagerly). Called before compiling a model, not at import: ``torch.compiler.disable``
+    imports Dynamo, 2.4 s of every worker's start on the 2-core machine (benchmarks/run_overhead.py)."""
+    if not getattr(NoiseQuantizer._training_noise, "_qgen_compile_disabled", False):
+        disabled = torch.compiler.disable(NoiseQuantizer._training_noise)
+        disabled._qgen_compile_disabled = True  # type: ignore[attr-defined]
+        NoiseQuantizer._training_noise = disabled  # type: ignore[method-assign]

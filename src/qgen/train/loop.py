@@ -45,6 +45,7 @@ from qgen.io import atomic_open
 from qgen.metrics import accuracy_and_ce
 from qgen.models import build_model
 from qgen.quant import BinaryQuantizer, constrain_latent_weights, init_quantizers, quant_layers
+from qgen.quant.noise import prepare_compile
 from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, chance_accuracy, degenerate_reason
 from qgen.train import checkpoint, preemption
 from qgen.train.losses import training_loss
@@ -191,7 +192,10 @@ def train_run(
     model = model.to(device)
     optimizer = build_optimizer(model, optim_spec)
     batch_size = optim_spec["batch_size"]
-    step_model: nn.Module = torch.compile(model) if runtime.get("compile") else model
+    step_model: nn.Module = model
+    if runtime.get("compile"):
+        prepare_compile()
+        step_model = torch.compile(model)
     step = batch_step(model, optimizer, train_spec.get("loss", "ce"), step_model, optim_spec.get("sam"))
 
     rows: list[dict[str, Any]] = []
