@@ -12,7 +12,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qgen import runtime
 from qgen.config import ConfigError, measures_schema, validate, validate_config
 from qgen.experiments import all_runs, run_id
 from qgen.measures.deployed import deploy
@@ -21,10 +20,9 @@ from qgen.measures.run import measure_run
 from qgen.models import build_model
 from qgen.quant import GRIDS, NoiseQuantizer, UniformQuantizer, quant_layers
 from qgen.quant.noise import noise_key
-from qgen.train import checkpoint, train_run
+from qgen.train import checkpoint
 from tests.conftest import REPO, TINY_MEASURES, make_spec
-
-RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 2}
+from tests.test_training import kill_after_second_checkpoint, train
 
 
 def quantizer(seed: int = 0, **kwargs) -> NoiseQuantizer:
@@ -355,11 +353,6 @@ def test_the_precision_plan_and_bit_label_of_a_noise_run_are_its_matched_uniform
 # ---------------------------------------------------------------- training: resume, measures
 
 
-def train(spec, data, out_dir):
-    device = runtime.configure(RUNTIME)
-    return train_run(spec, data, out_dir, RUNTIME, device, progress=False)
-
-
 def test_an_interrupted_noise_run_resumes_bit_identically(tmp_path, digits, monkeypatch) -> None:
     spec = make_spec(quant={"method": "noise"}, model={"dropout": 0.1}, train={"max_epochs": 5})
     reference, _, ref_result = train(spec, digits, tmp_path / "ref")
@@ -367,18 +360,7 @@ def test_an_interrupted_noise_run_resumes_bit_identically(tmp_path, digits, monk
     counters = {k: int(v) for k, v in reference.state_dict().items() if k.endswith("noise_step")}
     assert set(counters.values()) == {5 * steps_per_epoch}
 
-    real_save, calls = checkpoint.save, {"n": 0}
-
-    def crash_after_second_checkpoint(path, state):
-        real_save(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill after the second checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, digits, tmp_path / "run")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    kill_after_second_checkpoint(monkeypatch, spec, digits, tmp_path / "run")
     saved = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
     assert saved["epoch"] == 4
     assert {int(v) for k, v in saved["model"].items() if k.endswith("noise_step")} == {4 * steps_per_epoch}

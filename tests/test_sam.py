@@ -13,18 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from qgen import runtime
 from qgen.config import ConfigError, run_spec_schema, validate
 from qgen.experiments import normalize_spec, run_id
 from qgen.measures.gap import generalization_metrics
 from qgen.models import build_model
 from qgen.quant import LayerQuant, QuantLinear, init_quantizers, quant_layers
-from qgen.train import checkpoint, loop, train_run
+from qgen.train import checkpoint, loop
 from qgen.train.optim import build_optimizer, set_lr, set_momentum
 from qgen.train.sam import SAM, SAMSettings, perturbation
 from tests.conftest import make_spec
-
-RUNTIME = {"device": "cpu", "threads": 1, "compile": False, "checkpoint_every": 2}
+from tests.test_training import kill_after_second_checkpoint, state_equal, train
 
 
 class Quadratic(nn.Module):
@@ -301,16 +299,6 @@ def test_the_spec_records_every_setting_and_sam_off_keeps_the_run_ids() -> None:
     assert len(ids) == 3 and run_id(make_spec()) not in ids
 
 
-def train(spec, data, out_dir):
-    device = runtime.configure(RUNTIME)
-    return train_run(spec, data, out_dir, RUNTIME, device, progress=False)
-
-
-def state_equal(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 @pytest.mark.parametrize(
     ("quant", "sam"),
     [
@@ -330,18 +318,7 @@ def test_interrupted_saq_run_resumes_bit_identical(tmp_path, digits, monkeypatch
     )
     assert not state_equal(reference, plain)  # SAM changed the training
 
-    real_save, calls = checkpoint.save, {"n": 0}
-
-    def crash_after_second_checkpoint(path, state):
-        real_save(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill after the second checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, digits, tmp_path / "run")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    kill_after_second_checkpoint(monkeypatch, spec, digits, tmp_path / "run")
     assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["epoch"] == 4
 
     resumed, _, result = train(spec, digits, tmp_path / "run")
