@@ -126,17 +126,11 @@ class _FakeQuantizeTransformable(torch.autograd.Function):
         return (grad_v if ctx.needs_input_grad[0] else None), grad_s, None, None, None
 
 
-class _RangeQuantize(torch.autograd.Function):
-    """v̂ = s·clamp(round((v − o)/s), q_min, q_max) + o; ∂v̂/∂v = 1 on lo ≤ v ≤ hi, else 0; no gradient
-    for the step, the offset o or the range (they are functions of the data, not parameters)."""
+class InsideRangeSTE(torch.autograd.Function):
+    """Base of the straight-through functions whose forward returns (value, inside), ``inside`` the mask
+    lo ≤ v ≤ hi of the first input v: ∂value/∂v = 1 inside, 0 outside; no gradient for any other input."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(v, s, offset, lo, hi, qmin: int, qmax: int):  # type: ignore[override]
-        x = v / s if offset is None else (v - offset) / s
-        q = torch.round(x).clamp(qmin, qmax) * s
-        return (q if offset is None else q + offset), (v >= lo) & (v <= hi)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -147,7 +141,18 @@ class _RangeQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_inside: torch.Tensor):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad, 0.0), None, None, None, None, None, None
+        return torch.where(inside, grad, 0.0), *([None] * (len(ctx.needs_input_grad) - 1))
+
+
+class _RangeQuantize(InsideRangeSTE):
+    """v̂ = s·clamp(round((v − o)/s), q_min, q_max) + o; ∂v̂/∂v = 1 on lo ≤ v ≤ hi, else 0; no gradient
+    for the step, the offset o or the range (they are functions of the data, not parameters)."""
+
+    @staticmethod
+    def forward(v, s, offset, lo, hi, qmin: int, qmax: int):  # type: ignore[override]
+        x = v / s if offset is None else (v - offset) / s
+        q = torch.round(x).clamp(qmin, qmax) * s
+        return (q if offset is None else q + offset), (v >= lo) & (v <= hi)
 
 
 def range_quantize(

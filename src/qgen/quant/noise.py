@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from qgen.quant.functional import InsideRangeSTE
 from qgen.quant.quantizers import UniformQuantizer
 
 #: roles whose rounding may be replaced by noise (``quant.noise_on``)
@@ -87,27 +88,14 @@ def unit_noise(
         return torch.rand(shape, generator=gen, device=device, dtype=dtype) - 0.5
 
 
-class _ClipAddNoise(torch.autograd.Function):
+class _ClipAddNoise(InsideRangeSTE):
     """clamp(v, lo, hi) + u with ∂/∂v = 1 on lo ≤ v ≤ hi, else 0 (the uniform quantizer's STE range);
     no gradient for lo, hi (functions of the data) or u (a draw). ``u`` None adds nothing."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(v, lo, hi, u):  # type: ignore[override]
         out = torch.clamp(v, lo, hi)
         return (out if u is None else out + u), (v >= lo) & (v <= hi)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        _, inside = output
-        ctx.mark_non_differentiable(inside)
-        ctx.save_for_backward(inside)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_inside: torch.Tensor):  # type: ignore[override]
-        (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad, 0.0), None, None, None
 
 
 def clip_add_noise(
