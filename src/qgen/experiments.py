@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qgen.config import ConfigError, run_spec_schema, validate
-from qgen.models.precision import precision_record, unused_request
+from qgen.models.precision import UNET_FIRST_BLOCK, UNET_HEAD, precision_record, unused_request
 
 #: dataset names as they appear in run ids and paths (``cifar10_c``, ``imagenet-100``)
 DATASET_PATTERN = r"[a-z0-9][a-z0-9_-]*"
@@ -47,7 +47,7 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 def quant_label(quant: dict[str, Any]) -> str:
     """Short quantizer label, e.g. ``fp32``, ``lsq_w4a4``, ``uniform_w8afp``, ``bc_stoch``,
-    ``dfxp_p10u12`` (propagation and update bits), ``hflp``."""
+    ``dfxp_p10u12`` (propagation and update bits), ``hflp``, ``qif_gm_w0_4a6_0`` (Q_{i.f} formats)."""
     method = quant["method"]
     if method == "float":
         return "fp32"
@@ -58,6 +58,10 @@ def quant_label(quant: dict[str, Any]) -> str:
     if method in ("fixed", "dynamic_fixed"):
         prefix = "fxp" if method == "fixed" else "dfxp"
         return f"{prefix}_p{quant['prop_bits']}u{quant['update_bits']}"
+    if method == "qif":  # the reference's folder names: a6_0_w0_4 → qif_gm_w0_4a6_0
+        w = "_".join(map(str, quant["weight_format"]))
+        a = "fp" if quant.get("act_format") is None else "_".join(map(str, quant["act_format"]))
+        return f"qif_{quant.get('variant', 'gm')}_w{w}a{a}"
     a = "fp" if quant.get("act_bits") is None else quant["act_bits"]
     return f"{method}_w{quant['weight_bits']}a{a}"
 
@@ -164,6 +168,17 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
         "first_layer_names": None,
         "last_layer_names": None,
     },
+    # the U-Net paper's Q_{i.f} (qgen.quant.unet_fixed): formats, not bit widths; the reference keeps the
+    # first block and the head float (on model unet first/last_layer_names default to them, normalize_spec)
+    "qif": {
+        "weight_format": None,
+        "act_format": None,
+        "variant": "gm",
+        "first_layer": "float",
+        "last_layer": "float",
+        "first_layer_names": None,
+        "last_layer_names": None,
+    },
     "half": {},
     "fixed": {"prop_bits": None, "update_bits": None, "initial_range": 5},
     "dynamic_fixed": {
@@ -212,6 +227,7 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
         "pretrained": None,
     },
     "deit_tiny": {"dropout": 0.0, "drop_path": 0.0, "pretrained": None},
+    "unet": {"depth": 3, "width": 64, "bn_momentum": 0.1, "init": "torch"},
     "vit_small": {"dropout": 0.0, "drop_path": 0.0, "pretrained": None},
 }
 #: the models defined before module replacement: they read MODEL_COMMON_KEYS, defaults below
@@ -244,6 +260,17 @@ def _check_combination(spec: dict[str, Any]) -> None:
             "quant.noise_on names act but quant.act_bits is null: float activations have no rounding to "
             "replace by noise (use noise_on: [weight])"
         )
+    if method == "qif":
+        if "weight_format" not in quant:
+            raise ConfigError(
+                "quant.method qif needs quant.weight_format [int_bits, frac_bits] (e.g. [0, 4])"
+            )
+        for key in ("weight_format", "act_format"):
+            fmt = quant.get(key)
+            if fmt is not None and sum(fmt) < 1:
+                raise ConfigError(f"quant.{key} {fmt}: a fixed-point format needs at least one bit")
+        if "8bit" in (quant.get("first_layer"), quant.get("last_layer")):
+            raise ConfigError("quant.method qif: first_layer/last_layer may be same or float, not 8bit")
     if method in ("fixed", "dynamic_fixed") and ("prop_bits" not in quant or "update_bits" not in quant):
         raise ConfigError(f"quant.method {method} needs quant.prop_bits and quant.update_bits")
     if quant.get("attention") and model not in VIT_MODELS:
@@ -324,6 +351,9 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
             kept[key] = default
     if method == "binary" and kept.get("test_time") is None:
         kept["test_time"] = "real" if kept["stochastic"] else "binary"
+    if method == "qif" and spec["model"]["name"] == "unet":  # the reference's float layers
+        kept.setdefault("first_layer_names", list(UNET_FIRST_BLOCK))
+        kept.setdefault("last_layer_names", list(UNET_HEAD))
     if method == "noise":  # every quantized role by default; listed in a fixed order
         roles = kept.get("noise_on") or ["weight", *(["act"] if kept.get("act_bits") is not None else [])]
         kept["noise_on"] = [r for r in ("weight", "act") if r in roles]

@@ -1,8 +1,20 @@
-"""Accuracy and cross-entropy of a model over a stream of batches, in eval mode, without gradients."""
+"""Accuracy and cross-entropy of a model over a stream of batches, in eval mode, without gradients; for
+segmentation models (one logit channel, binary masks) the dice score and the dice losses.
+
+Dice score as the U-Net reference code computes it (AskariHemmat et al. 2019, ``metrics.py``, the
+validation loop of ``em_unet.py``/``gmchallenge_unet.py``): predictions binarized, sigmoid(logit) ≥
+threshold (the reference thresholds its sigmoid output at 0.999; default here 0.5, the issue's), then per
+image dice = 2·TP/(2·TP + FP + FN) (``1 − scipy.spatial.distance.dice``), averaged over images
+(``MetricManager`` sums per image and divides by the number of images). Reported as a fraction in [0, 1]
+(the reference multiplies by 100: dice points). An image whose prediction and mask are both empty has
+0/0: scipy gives NaN and the reference counts it as **0**; here it counts ``empty`` (default 1: a correct
+empty prediction overlaps perfectly; ``empty=0.0`` is the reference's choice).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -25,6 +37,61 @@ def _eval_mode(model: nn.Module | Forward):
         yield
     finally:
         model.train(was_training)
+
+
+def dice_score(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5, empty: float = 1.0
+) -> torch.Tensor:
+    """Per-image dice of the binarized predictions sigmoid(logits) ≥ ``threshold`` against the binary
+    masks ``target`` (logits' shape, or without their channel dimension), float64, shape (N,); an image
+    with both empty scores ``empty`` (module docstring)."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"dice threshold must lie in (0, 1), got {threshold}")
+    if target.shape != logits.shape and target.ndim == logits.ndim - 1 and logits.shape[1] == 1:
+        target = target.unsqueeze(1)
+    if target.shape != logits.shape:
+        raise ValueError(f"dice: target of shape {tuple(target.shape)} does not match {tuple(logits.shape)}")
+    # sigmoid(z) ≥ t ⇔ z ≥ log(t/(1 − t)): compared on the logits, no rounding of the sigmoid near 1
+    pred = (logits >= math.log(threshold / (1 - threshold))).flatten(1)
+    truth = (target != 0).flatten(1)
+    tp = (pred & truth).sum(dim=1, dtype=torch.float64)
+    total = pred.sum(dim=1, dtype=torch.float64) + truth.sum(dim=1, dtype=torch.float64)  # 2TP + FP + FN
+    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.full_like(total, float(empty)))
+
+
+@torch.no_grad()
+def dice_and_loss(
+    model: nn.Module | Forward,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss: str = "dice",
+    threshold: float = 0.5,
+    empty: float = 1.0,
+) -> tuple[float, float]:
+    """(mean dice score, mean loss) of ``model`` over ``batches``, both **per image** and averaged over the
+    images, summed in float64 (eval mode, as :func:`accuracy_and_ce`). ``loss``: ``dice`` or ``bce_dice``
+    (qgen.train.losses), evaluated per image so that the value does not depend on how the set is batched;
+    training's loss is the batch-level soft dice, and the reference's validation loss is the mean of its
+    batch losses (which depends on the batch size)."""
+    from qgen.train.losses import bce_dice, soft_dice_loss
+
+    per_image = {
+        "dice": lambda z, t: soft_dice_loss(z, t, per_image=True),
+        "bce_dice": lambda z, t: bce_dice(z, t, per_image=True),
+    }
+    if loss not in per_image:
+        raise ValueError(f"dice_and_loss: loss must be one of {', '.join(per_image)}, got {loss!r}")
+    total_dice: torch.Tensor | float = 0.0
+    total_loss: torch.Tensor | float = 0.0
+    n = 0
+    with _eval_mode(model):
+        for xb, yb in batches:
+            logits = model(xb)
+            total_dice = total_dice + dice_score(logits, yb, threshold, empty).sum()
+            total_loss = total_loss + per_image[loss](logits.double(), yb).sum()
+            n += len(yb)
+    if n == 0:
+        raise ValueError("dice_and_loss: no examples")
+    return float(total_dice) / n, float(total_loss) / n
 
 
 @torch.no_grad()

@@ -17,6 +17,11 @@ batches as an uninterrupted one.
 
 :class:`Examples` is a fixed, ordered set of examples of a split read in batches (a measure's subset);
 iterating it twice gives the same batches.
+
+Targets are carried as stored: int64 labels [B] for classification, uint8 0/1 masks [B, 1, H, W] for a
+segmentation set (qgen.data.segmentation). Segmentation splits take no augmentation: the crops and flips
+of qgen.data.augment move the image only, which would misalign it with its mask, so a TensorSplit with
+mask targets refuses one.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class Split(Protocol):
 
     @property
     def labels(self) -> torch.Tensor:
-        """int64 labels of every example, on the CPU."""
+        """int64 labels (segmentation: uint8 masks [N, 1, H, W]) of every example, on the CPU."""
         ...
 
     def __len__(self) -> int: ...
@@ -137,6 +142,7 @@ class TensorSplit(IndexView):
 
     ``x`` is stored as prepared (uint8 pixels for image sets: CIFAR-10's training set is 150 MB, not
     600 MB of float32) and moved to ``device`` once; ``index`` makes the split a view of part of ``x``.
+    ``y`` is int64 labels [N] or uint8 masks [N, 1, H, W] (no ``augment`` then), batched alike.
     """
 
     def __init__(
@@ -151,6 +157,11 @@ class TensorSplit(IndexView):
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        if augment is not None and y.ndim > 1:
+            raise ValueError(
+                f"augmentation moves images only, so it cannot be used with mask targets of shape "
+                f"{tuple(y.shape)}: it would misalign images and masks (segmentation sets take none)"
+            )
         device = torch.device(device) if device is not None else x.device
         self.x, self.y = x.to(device), y.to(device)
         self._labels_all = y.to("cpu")

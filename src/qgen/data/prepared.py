@@ -6,7 +6,10 @@
   ``meta.json`` has ``normalization`` = {scale, per-channel mean and std of x·scale over the training
   split} (exact integer sums, population std), which the batch iterator applies per batch on the device;
   with ``preprocess: gcn_zca`` also ``whiten.pt``, the GCN + ZCA state fitted on the training split
-  (qgen.data.whiten).
+  (qgen.data.whiten). A segmentation set (``task: segmentation`` in meta.json, qgen.data.segmentation)
+  stores ``"y"`` as uint8 0/1 masks [N, 1, H, W] and records each split's ``foreground_fraction`` (the
+  mean of its masks) instead of ``class_counts``; its ``x`` may be float32 when the builder gives the
+  normalization (instance-normalized MRI slices).
 - folder sets: ``train.pt`` and ``test.pt``, each ``{"files": list[str] relative to the root, "y": int64 [N],
   "sizes": int64 [N] bytes}``, and ``manifest.tsv`` (path, size, sha256 of every image, hashed once).
 
@@ -71,6 +74,11 @@ class MetaView:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input_shape"])
 
+    @property
+    def task(self) -> str:
+        """``classification`` (int64 labels) or ``segmentation`` (uint8 0/1 masks [N, 1, H, W])."""
+        return self.meta.get("task", "classification")
+
 
 @dataclass
 class PreparedData(MetaView):
@@ -87,6 +95,11 @@ class PreparedData(MetaView):
 
 def _class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
     return torch.bincount(y, minlength=num_classes).tolist()
+
+
+def _foreground(masks: torch.Tensor) -> float:
+    """The fraction of foreground pixels of 0/1 masks (exact integer count, one division)."""
+    return int(masks.sum()) / masks.numel() if masks.numel() else 0.0
 
 
 def combined_checksum(files: dict[str, str]) -> str:
@@ -123,20 +136,49 @@ def channel_stats(x: torch.Tensor, scale: float, chunk: int = 4096) -> tuple[lis
     return mean, std
 
 
-def _check_split(name: str, split: str, part: dict[str, Any], info: registry.DatasetInfo, k: int) -> None:
-    y = part["y"]
-    if y.dtype != torch.int64 or y.ndim != 1:
-        raise DataIntegrityError(f"{name} {split}: labels must be int64 [N], got {y.dtype} {tuple(y.shape)}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+def _check_masks(name: str, split: str, y: torch.Tensor, x: torch.Tensor) -> None:
+    """A segmentation split's masks: uint8 [N, 1, H, W] of 0/1, one per image, of the images' H×W."""
+    if y.dtype != torch.uint8 or y.ndim != 4 or y.shape[1] != 1:
         raise DataIntegrityError(
-            f"{name} {split}: labels outside 0..{k - 1} (min {int(y.min())}, max {int(y.max())})"
+            f"{name} {split}: masks must be uint8 [N, 1, H, W], got {y.dtype} {tuple(y.shape)}"
         )
+    if len(y) != len(x) or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+        raise DataIntegrityError(
+            f"{name} {split}: masks {tuple(y.shape)} do not match images {tuple(x.shape)} (one H×W mask each)"
+        )
+    if len(y) and int(y.max()) > 1:
+        raise DataIntegrityError(f"{name} {split}: masks hold values other than 0 and 1 (max {int(y.max())})")
+
+
+def _check_split(
+    name: str,
+    split: str,
+    part: dict[str, Any],
+    info: registry.DatasetInfo,
+    k: int,
+    shape: tuple[int, ...] | None = None,
+) -> None:
+    """Check one split's labels (or masks) and image shapes; ``shape`` is the per-image shape expected
+    (the builder's ``input_shape``, else the registered one)."""
+    y = part["y"]
+    shape = tuple(shape if shape is not None else info.input_shape)
+    if info.task == "segmentation":
+        _check_masks(name, split, y, part["x"])
+    else:
+        if y.dtype != torch.int64 or y.ndim != 1:
+            raise DataIntegrityError(
+                f"{name} {split}: labels must be int64 [N], got {y.dtype} {tuple(y.shape)}"
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise DataIntegrityError(
+                f"{name} {split}: labels outside 0..{k - 1} (min {int(y.min())}, max {int(y.max())})"
+            )
     if info.kind == "tensor":
         x = part["x"]
-        if tuple(x.shape[1:]) != tuple(info.input_shape) or len(x) != len(y):
+        if tuple(x.shape[1:]) != shape or len(x) != len(y):
             raise DataIntegrityError(
                 f"{name} {split}: images {tuple(x.shape)} with {len(y)} labels, expected "
-                f"[{len(y)}, {', '.join(map(str, info.input_shape))}]"
+                f"[{len(y)}, {', '.join(map(str, shape))}]"
             )
     elif not (len(part["files"]) == len(y) == len(part["sizes"])):
         raise DataIntegrityError(f"{name} {split}: files, labels and sizes differ in length")
@@ -155,8 +197,9 @@ def prepare(name: str, given: dict[str, Any], out_dir: str | Path) -> dict[str, 
     train, test, extra = info.builder(params, root) if root is not None else info.builder(params)
     extra = dict(extra)
     num_classes = int(extra.pop("num_classes", info.num_classes))
+    input_shape = tuple(extra.pop("input_shape", info.input_shape))
     for split, part in zip(SPLITS, (train, test), strict=True):
-        _check_split(name, split, part, info, num_classes)
+        _check_split(name, split, part, info, num_classes, input_shape)
     normalization = extra.pop("normalization", None)
     files: dict[str, str] = {}
     if info.kind == "tensor":
@@ -184,18 +227,27 @@ def prepare(name: str, given: dict[str, Any], out_dir: str | Path) -> dict[str, 
             target = out_dir / f"{split}.pt"
             torch_save(target, {"files": list(part["files"]), "y": part["y"], "sizes": part["sizes"]})
             files[target.name] = sha256_file(target)
+    if info.task == "segmentation":
+        targets: dict[str, Any] = {
+            "task": info.task,
+            "foreground_fraction": {"train": _foreground(train["y"]), "test": _foreground(test["y"])},
+        }
+    else:
+        targets = {
+            "class_counts": {
+                "train": _class_counts(train["y"], num_classes),
+                "test": _class_counts(test["y"], num_classes),
+            }
+        }
     meta = {
         "dataset": name,
         "kind": info.kind,
         "storage": storage,
         "params": params,
-        "input_shape": list(extra.pop("input_shape", info.input_shape)),
+        "input_shape": list(input_shape),
         "num_classes": num_classes,
         "n": {"train": len(train["y"]), "test": len(test["y"])},
-        "class_counts": {
-            "train": _class_counts(train["y"], num_classes),
-            "test": _class_counts(test["y"], num_classes),
-        },
+        **targets,
         "normalization": normalization,
         "files": files,
         "checksum": combined_checksum(files),

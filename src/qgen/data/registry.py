@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from qgen.config import ConfigError
 
-#: One split as a builder returns it: ``{"x": uint8 [N, C, H, W], "y": int64 [N]}`` for a tensor set,
+#: One split as a builder returns it: ``{"x": uint8 [N, C, H, W], "y": int64 [N]}`` for a tensor set
+#: (a segmentation set: ``"y"`` uint8 0/1 masks [N, 1, H, W]),
 #: ``{"files": list[str] (relative to the root), "y": int64 [N], "sizes": int64 [N]}`` for a folder set.
 Split = dict[str, Any]
 #: A builder gets the preparation settings (and the data root, for a file-based set) and returns
@@ -44,6 +45,8 @@ class DatasetInfo:
     - ``needs_root``: read from the user's files (``datasets.<name>.root`` or ``$QGEN_DATA/<name>``).
     - ``pixel_scale``: what the stored integer pixels are multiplied by before standardization.
     - ``layout``: where the files go under the root (for messages).
+    - ``task``: ``classification`` (``y`` int64 labels [N]) or ``segmentation`` (``y`` uint8 0/1 masks
+      [N, 1, H, W], one foreground class; ``num_classes`` is then the network's output channels, 1).
     """
 
     name: str
@@ -58,6 +61,7 @@ class DatasetInfo:
     needs_root: bool = False
     pixel_scale: float = 1 / 255
     layout: str = ""
+    task: Literal["classification", "segmentation"] = "classification"
 
 
 class UnknownDatasetError(LookupError):
@@ -80,6 +84,7 @@ def register(
     needs_root: bool = False,
     pixel_scale: float = 1 / 255,
     layout: str = "",
+    task: Literal["classification", "segmentation"] = "classification",
 ) -> Callable[[Builder], Builder]:
     """Register a builder. ``prep_keys`` None: the split keys (SPLIT_KEYS) for a set without an official
     split, none for one with it."""
@@ -102,6 +107,7 @@ def register(
             needs_root,
             pixel_scale,
             layout,
+            task,
         )
         return builder
 
@@ -110,7 +116,7 @@ def register(
 
 def get(name: str) -> DatasetInfo:
     # (importing them registers the built-in datasets; the heavy imports happen in their builders)
-    from qgen.data import digits, imagenet, mnist5k, vision  # noqa: F401
+    from qgen.data import digits, imagenet, mnist5k, segmentation, vision  # noqa: F401
 
     try:
         return DATASETS[name]

@@ -3,7 +3,8 @@
 Built from a prepared dataset (qgen.data.prepared) and the ``data`` section of a run spec:
 
 - ``val_size`` examples of the prepared training split are held out as the validation split by a
-  seeded stratified split (``val_seed``, :func:`~qgen.data.batches.stratified_holdout`); the rest is the
+  seeded stratified split (``val_seed``, :func:`~qgen.data.batches.stratified_holdout`; a segmentation
+  set, whose targets are masks, by a seeded uniform draw, :func:`random_holdout`); the rest is the
   training split. m, the training-set size of the size-normalized measures, is the size of what is left.
 - the test split is the prepared test split: the official one for the sets that have it.
 - ``augment`` (resolved by the run spec: the dataset's augmentation for convolutional models, none for the
@@ -42,6 +43,10 @@ class RunData(MetaView):
         return len(self.train)
 
     def train_class_counts(self) -> list[int]:
+        """Examples per class of the training split; for a segmentation set, pixels per class
+        [background, foreground] of its masks (the majority rate is then a pixel-accuracy chance level)."""
+        if self.task == "segmentation":
+            return class_counts(self.train.labels.flatten().to(torch.int64), 2)
         return class_counts(self.train.labels, self.num_classes)
 
 
@@ -81,11 +86,26 @@ def open_run_data(
     return with_validation(prepared, full, test, data_spec)
 
 
+def random_holdout(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (kept, held out), both sorted, of a seeded uniform draw of ``size`` of ``n`` examples
+    (the validation split of a segmentation set, which has no class labels to stratify by)."""
+    if not 0 <= size < n:
+        raise ValueError(f"cannot hold out {size} of {n} examples")
+    held = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten(), held
+
+
 def with_validation(prepared: PreparedData, full: Any, test: Split, data_spec: dict[str, Any]) -> RunData:
     """The run's data from the whole prepared training split ``full`` (a split with ``subset``): with
     ``data.val_size``, that many examples held out of it as the validation split (seeded, stratified)."""
     val_size = int(data_spec.get("val_size", 0))
     if not val_size:
         return RunData(prepared.name, prepared.meta, full, test)
-    kept, held = stratified_holdout(full.labels, val_size, int(data_spec.get("val_seed", 0)))
+    seed = int(data_spec.get("val_seed", 0))
+    if prepared.task == "segmentation":
+        kept, held = random_holdout(len(full), val_size, seed)
+    else:
+        kept, held = stratified_holdout(full.labels, val_size, seed)
     return RunData(prepared.name, prepared.meta, full.subset(kept), test, full.subset(held))

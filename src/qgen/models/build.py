@@ -1,10 +1,11 @@
 """Build the model named in a run spec: its float definition, pretrained weights, then quantization.
 
-Every family but maxout is defined in float (qgen's MLP, NiN and VGG, our CIFAR ResNets, torchvision's
-ResNet and MobileNetV2, timm's ViT/DeiT) and quantized by module replacement
-(:func:`qgen.quant.replace.quantize_model`); what was quantized and how is ``model.qgen_quantization``
-(metrics.json's ``quantization``). Pretrained full-precision weights (``model.pretrained``) load into the
-float model before it is quantized, so LSQ's step initialization (2⟨|w|⟩/√Q_P) sees the loaded weights.
+Every family but maxout is defined in float (qgen's MLP, NiN and VGG, our CIFAR ResNets, the U-Net of
+AskariHemmat et al. 2019, torchvision's ResNet and MobileNetV2, timm's ViT/DeiT) and quantized by module
+replacement (:func:`qgen.quant.replace.quantize_model`); what was quantized and how is
+``model.qgen_quantization`` (metrics.json's ``quantization``). Pretrained full-precision weights
+(``model.pretrained``) load into the float model before it is quantized, so LSQ's step initialization
+(2⟨|w|⟩/√Q_P) sees the loaded weights.
 The maxout network computes in its own number format (Courbariaux et al. 2014) and is built as it is.
 """
 
@@ -24,7 +25,7 @@ from qgen.models.vgg import VGG
 #: families of torchvision and timm (the names of qgen.models.standard)
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2")
 VIT = ("vit", "deit_tiny", "vit_small")
-MODELS = ("mlp", "nin", "vgg", "maxout", "resnet_cifar", *TORCHVISION, *VIT)
+MODELS = ("mlp", "nin", "vgg", "maxout", "resnet_cifar", "unet", *TORCHVISION, *VIT)
 
 
 def float_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -72,6 +73,23 @@ def float_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classes
             width=model.get("width", 16),
             preact=model.get("preact", False),
             shortcut=model.get("shortcut", "A"),
+        )
+    if name == "unet":
+        from qgen.models.unet import UNet, check_input_size
+
+        if num_classes > 2:
+            raise ValueError(
+                f"model unet segments binary masks (one logit channel); got {num_classes} classes"
+            )
+        depth = model.get("depth", 3)
+        check_input_size(depth, input_shape)
+        return UNet(
+            input_shape[0],
+            1,
+            depth=depth,
+            width=model.get("width", 64),
+            bn_momentum=model.get("bn_momentum", 0.1),
+            init=model.get("init", "torch"),
         )
     if name in TORCHVISION:
         from qgen.models.standard import torchvision_model

@@ -14,7 +14,11 @@ metrics.json's ``quantization`` lists every module of the built model. Conventio
   both at 8 bits, ``float`` keeps the layer float); BinaryConnect: 1-bit weights, float activations (the
   training-time precision: stochastic BC evaluates with its real-valued weights, ``quant.test_time``);
 - the 2014 arithmetic (maxout): weights and every value a layer computes (pre-activations and outputs)
-  at the propagation bit width, sign included (half float: 16 bits).
+  at the propagation bit width, sign included (half float: 16 bits);
+- qif (the U-Net paper's Q_{i.f}): i + f bits (no sign bit, the paper's count) of ``weight_format`` and
+  ``act_format``. The U-Net quantizes its activations at its own sites (block outputs), not at layer
+  inputs; the plan gives every layer the site's bits as its ``act_bits`` unless the layer is float
+  (first block, head), a summary: the first conv's input is the image, unquantized.
 
 The run's bit label (``bits`` in runs.tsv and runs.csv) comes from the plan: ``FP32``; the lowest weight
 bit width when the lowest activation bit width equals it (``4``); ``w4a8`` when they differ; ``w8afp`` for
@@ -64,7 +68,11 @@ FAMILY_ENDS: dict[str, tuple[str, str]] = {
     "vit": ("patch_embed.proj", "head"),
     "deit_tiny": ("patch_embed.proj", "head"),
     "vit_small": ("patch_embed.proj", "head"),
+    "unet": ("down.0.conv1", "head"),
 }
+#: the U-Net convs the reference code keeps float (qgen.models.unet): its first block and its head
+UNET_FIRST_BLOCK = ("down.0.conv1", "down.0.conv2")
+UNET_HEAD = ("head",)
 #: the plan's name for every layer between the ends
 MIDDLE = "*"
 
@@ -115,6 +123,9 @@ def layer_bits(quant: dict[str, Any], position: str) -> tuple[int, int | None]:
         return FLOAT_BITS, None
     if method in WEIGHT_ONLY_METHODS:
         return 1, None
+    if method == "qif":
+        w_fmt, a_fmt = quant["weight_format"], quant.get("act_format")
+        return int(sum(w_fmt)), (None if a_fmt is None else int(sum(a_fmt)))
     w_bits, a_bits = quant.get("weight_bits"), quant.get("act_bits")
     if policy == "8bit":
         w_bits = 8 if w_bits is not None else None
@@ -172,6 +183,8 @@ def unused_request(spec: dict[str, Any]) -> str | None:
         requested = {"weight": 1, "act": None}
     elif method in ("uniform", "lsq", "noise"):
         requested = {"weight": quant.get("weight_bits"), "act": quant.get("act_bits")}
+    elif method == "qif":
+        requested = dict(zip(("weight", "act"), layer_bits(quant, "middle"), strict=True))
     else:
         return None
     used = {"weight": {p.weight_bits for p in plan}, "act": {p.act_bits for p in plan}}

@@ -7,16 +7,26 @@ value (same dtype and shape) and exposes its step ``Δ`` (``step_for``) and inte
 from qgen.quant.binary import BinaryQuantizer, constrain_latent_weights
 from qgen.quant.fixed_point import Arithmetic, FixedPointWeight, NumberGroup, fixed_point
 from qgen.quant.functional import fake_quantize, lsq_reference, range_quantize, ste_round
-from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, init_quantizers, quant_layers
+from qgen.quant.layers import (
+    ActivationQuant,
+    QuantConv2d,
+    QuantLinear,
+    QuantModule,
+    init_quantizers,
+    quant_layers,
+)
 from qgen.quant.low_precision import LowPrecisionLinear, softmax_output_loss
 from qgen.quant.noise import NoiseQuantizer
 from qgen.quant.quantizers import GRIDS, LSQQuantizer, Quantizer, UniformQuantizer, int_range
 from qgen.quant.registry import LayerQuant, layer_quant
+from qgen.quant.unet_fixed import FixedPointIF, fixed_point_ste, power_of_two_fixed, to_fixed_point
 
 __all__ = [
     "GRIDS",
+    "ActivationQuant",
     "Arithmetic",
     "BinaryQuantizer",
+    "FixedPointIF",
     "FixedPointWeight",
     "LSQQuantizer",
     "LayerQuant",
@@ -31,12 +41,15 @@ __all__ = [
     "constrain_latent_weights",
     "fake_quantize",
     "fixed_point",
+    "fixed_point_ste",
     "init_quantizers",
     "int_range",
     "layer_quant",
     "lsq_reference",
+    "power_of_two_fixed",
     "quant_layers",
     "range_quantize",
     "softmax_output_loss",
     "ste_round",
+    "to_fixed_point",
 ]

@@ -128,6 +128,31 @@ class QuantConv2d(nn.Conv2d, QuantModule):
         return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
 
 
+class ActivationQuant(nn.Module):
+    """A place where a model quantizes activations itself, not at a layer's input (the U-Net reference
+    code quantizes each block's BatchNorm output, before pooling, upsampling and concatenation).
+
+    Float models hold it as an identity; :func:`qgen.quant.replace.quantize_model` puts the middle
+    layers' input quantizer in ``input_quant`` (and then quantizes no conv/linear input). ``signed``:
+    whether the values it sees can be negative (a BatchNorm output: yes)."""
+
+    quant_attrs: tuple[str, ...] = ("input_quant",)
+
+    def __init__(self, signed: bool = True) -> None:
+        super().__init__()
+        self.signed = bool(signed)
+        self.input_quant: nn.Module = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quant(x)
+
+
+def activation_sites(model: nn.Module) -> Iterator[tuple[str, ActivationQuant]]:
+    for name, module in model.named_modules():
+        if isinstance(module, ActivationQuant):
+            yield name, module
+
+
 def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantModule]]:
     for name, module in model.named_modules():
         if isinstance(module, QuantModule):

@@ -17,8 +17,12 @@ a run spec, and swaps every conv and linear layer for its twin (:class:`~qgen.qu
   2020) uses unsigned activation grids after ReLUs.
 
 A model that fx cannot trace falls back to registration order and signed inputs everywhere (recorded as
-``graph: false``). Optionally (``quant.attention``, ViTs), the four inputs of self-attention's two matrix
-products (q, k, the softmax probabilities, v) are quantized too (:mod:`qgen.quant.attention`).
+``graph: false``). A model that places its own activation quantizers (:class:`~qgen.quant.layers.
+ActivationQuant` modules, the U-Net: qgen.models.unet) gets the middle layers' input quantizer in each of
+them, whatever the first/last-layer policy, and its conv/linear layers quantize their weights only
+(``activation_sites`` in the record). Optionally (``quant.attention``, ViTs), the four inputs of
+self-attention's two matrix products (q, k, the softmax probabilities, v) are quantized too
+(:mod:`qgen.quant.attention`).
 
 Twins are built on the meta device and take the float layer's parameters, so replacement draws no random
 numbers, except where a quantizer initializes the weight itself (BinaryConnect: U(−H, H), Courbariaux et al.
@@ -28,6 +32,7 @@ entry per layer: name, type, position, bits, input sign) goes to metrics.json.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import operator
 from dataclasses import asdict, dataclass, field
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qgen.quant.graph import live_nodes, set_module, trace
-from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule
+from qgen.quant.layers import QuantConv2d, QuantLinear, QuantModule, activation_sites
 from qgen.quant.registry import LayerQuant, layer_quant
 
 #: float layers replaced by quantized twins
@@ -101,10 +106,13 @@ class QuantizationRecord:
     graph: bool
     layers: list[LayerRecord] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
+    #: the model's own activation quantizers (ActivationQuant) that were filled, and their bits
+    activation_sites: list[str] = field(default_factory=list)
+    site_bits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         quantized = [r for r in self.layers if r.weight_bits is not None or r.act_bits is not None]
-        return {
+        out = {
             "method": self.method,
             "graph": self.graph,
             "layers": [asdict(r) for r in self.layers],
@@ -112,6 +120,9 @@ class QuantizationRecord:
             "float": len(self.layers) - len(quantized),
             "attention": list(self.attention),
         }
+        if self.activation_sites:
+            out["activation_sites"] = {"modules": list(self.activation_sites), "act_bits": self.site_bits}
+        return out
 
 
 def _nonnegative(node: Any, modules: dict[str, nn.Module], seen: dict[Any, bool]) -> bool:
@@ -238,9 +249,12 @@ def quantize_model(
     where = positions(names, quant)
     modules = dict(model.named_modules())
     record = QuantizationRecord(quant["method"], traced)
+    sites = list(activation_sites(model))
     for name, signed in order:
         layer = modules[name]
         lq = layer_quant(quant, where[name], input_signed=signed)
+        if sites and lq is not None:  # the model quantizes its activations itself
+            lq = dataclasses.replace(lq, act_bits=None)
         if isinstance(layer, nn.Conv2d):
             twin: nn.Module = QuantConv2d.from_float(layer, lq, init_weight=init_weights)
         else:
@@ -250,6 +264,12 @@ def quantize_model(
         record.layers.append(
             LayerRecord(name, type(layer).__name__, where[name], w_bits, a_bits, signed, quant["method"])
         )
+    for site_name, site in sites:
+        middle = layer_quant(quant, "middle", input_signed=site.signed)
+        if middle is not None and middle.act_bits is not None:
+            site.input_quant = middle.input_quantizer()
+            record.activation_sites.append(site_name)
+            record.site_bits = middle.act_bits
     if quant.get("attention"):
         from qgen.quant.attention import quantize_attention
 
