@@ -233,8 +233,12 @@ def test_push_pull_round_trip_through_the_default_remote(built: Path, clone: dic
 def test_fresh_clone_rebuilds_figures_without_training_or_measuring(clone: dict, built: Path, env) -> None:
     target, repro = clone["path"], clone["repro"]
     assert "Stage 'prepare' didn't change" in repro and "Stage 'runs' didn't change" in repro
-    for stage in ("collect", "analyse", "report", "notebook"):
-        assert f"Running stage '{stage}@{EXPERIMENT}'" in repro
+    # the first cheap stage builds every cheap file in one parallel Snakemake call; DVC then finds the other
+    # stages' outputs equal to dvc.lock (the clone rebuilt the same bytes) and skips them
+    assert f"Running stage 'collect@{EXPERIMENT}'" in repro
+    assert "every cheap file is missing: building all" in repro
+    for stage in ("analyse", "report", "notebook"):
+        assert f"Stage '{stage}@{EXPERIMENT}' didn't change" in repro
     assert not (target / "logs/train").exists() and not (target / "logs/measure").exists()
     assert not (target / "logs/prepare_data").exists()
     for rel, content in clone["after_pull"].items():  # checkpoints, logs and metrics untouched
@@ -427,3 +431,34 @@ def test_settle_gives_benchmark_files_the_settled_time(tmp_path: Path) -> None:
     dvc_stage.settle_mtimes(tmp_path)
     # an older benchmark file would make Snakemake rerun its job (it counts among the job's outputs)
     assert bench.stat().st_mtime == pushed.stat().st_mtime == 1000
+
+
+def test_a_cheap_stage_built_ahead_is_skipped_only_while_its_inputs_and_bytes_match(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(dvc_stage, "workflow_version", lambda root: "v1")
+    records = {
+        "results/runs.tsv": "run_id\tspec\n",
+        "results/shards/s-0of1.json": "{}",
+        "results/runs/r/metrics.json": '{"run_id": "r"}',
+        "results/e/runs.csv": "run_id\nr\n",
+        "figures/e/a.png": "png",
+    }
+    for rel, text in records.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    files = ["results/e/runs.csv", "figures/e/a.png"]
+    monkeypatch.setattr(dvc_stage.subprocess, "run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 0))
+    assert not dvc_stage.built_ahead(tmp_path, files)  # nothing recorded yet
+    assert dvc_stage.build_ahead(tmp_path, files) == 0
+    assert dvc_stage.built_ahead(tmp_path, files) and dvc_stage.built_ahead(tmp_path, files[:1])
+    assert not dvc_stage.built_ahead(tmp_path, [*files, "results/e/other.csv"])  # not built ahead
+    (tmp_path / "figures/e/a.png").write_text("edited")  # the file changed since
+    assert not dvc_stage.built_ahead(tmp_path, files) and dvc_stage.built_ahead(tmp_path, files[:1])
+    (tmp_path / "figures/e/a.png").write_text("png")
+    (tmp_path / "results/runs/r/metrics.json").write_text('{"run_id": "r", "new": 1}')  # new run results
+    assert not dvc_stage.built_ahead(tmp_path, files[:1])
+    (tmp_path / "results/runs/r/metrics.json").write_text('{"run_id": "r"}')
+    assert dvc_stage.built_ahead(tmp_path, files)
+    monkeypatch.setattr(dvc_stage, "workflow_version", lambda root: "v2")  # other code or config
+    assert not dvc_stage.built_ahead(tmp_path, files)
