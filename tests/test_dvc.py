@@ -25,8 +25,9 @@ DVC = [sys.executable, "-m", "dvc"]
 # The tracked config spells out every section dvc.yaml reads as params (DVC needs the keys present).
 CONFIG = TINY.replace(
     "experiments:\n",
-    "analysis: {bootstrap: 100}\ndatasets: {digits: {test_fraction: 0.25, split_seed: 0}}\nexperiments:\n",
-)
+    "analysis: {bootstrap: 100}\ndatasets: {digits: {test_fraction: 0.25, split_seed: 0}}\n"
+    "robustness: {corruptions: [gaussian_noise, contrast], severities: [1, 3]}\nexperiments:\n",
+).replace("    seeds: [0, 1]\n", "    seeds: [0, 1]\n    robustness: true\n")
 WORKFLOW_FILES = [
     "Snakefile",
     "workflow",
@@ -158,8 +159,11 @@ def test_repro_builds_every_table_and_figure_and_leaves_dvc_status_clean(built: 
             "measures.json",
             "metrics.json",
             "model.pt",
+            "robustness.json",
             "train_log.csv",
         ]
+    assert (built / f"results/{EXPERIMENT}/tables/robustness.tex").exists()
+    assert (built / "data/corrupted/digits/contrast.npy").exists()
     lock = (built / "dvc.lock").read_text()
     assert "results/runs" in lock and f"report@{EXPERIMENT}" in lock
 
@@ -263,6 +267,22 @@ def test_editing_analysis_settings_reruns_the_analysis_and_what_follows_only(
         assert f"Stage '{stage}' didn't change" in repro
     assert f"Running stage 'analyse@{EXPERIMENT}'" in repro
     assert not any((project / "logs" / d).exists() for d in ("train", "measure", "collect"))
+
+
+def test_editing_robustness_settings_re_evaluates_robustness_only(clone: dict, env, tmp_path: Path) -> None:
+    project = copy_project(clone["path"], tmp_path / "project")
+    config = project / "config/default.yaml"
+    config.write_text(config.read_text().replace("severities: [1, 3]", "severities: [3]"))
+    models = {p: p.read_bytes() for p in (project / "results/runs").glob("*/model.pt")}
+    repro = dvc(project, env, "repro")
+    assert "Running stage 'prepare'" in repro and "Running stage 'runs'" in repro
+    assert not any((project / "logs" / d).exists() for d in ("train", "measure"))
+    assert len(list((project / "logs/robustness").iterdir())) == len(models)  # each run re-evaluated
+    for path, content in models.items():
+        assert path.read_bytes() == content
+        record = json.loads(path.with_name("robustness.json").read_text())
+        assert set(record["results"]["contrast"]) == {"3"}
+    assert "Data and pipelines are up to date." in dvc(project, env, "status")
 
 
 def test_editing_plot_code_rebuilds_only_the_plots(clone: dict, env, tmp_path: Path) -> None:
@@ -374,7 +394,9 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
     shards = shard_config_runs(runs, config)
     assert len(shards) >= 2
     write_json(tmp_path / "data/prepared/digits/meta.json", {"checksum": "c" * 64})
+    write_json(tmp_path / "data/corrupted/digits/meta.json", {"checksum": "k" * 64})
     current = json.loads(json.dumps(config["measures"]))
+    robust = {k: config["robustness"][k] for k in ("corruptions", "severities", "examples")}
     for rid in runs:  # every run done by content, and every shard recorded
         run = tmp_path / "results/runs" / rid
         for name in ("model.pt", "train_log.csv"):
@@ -385,6 +407,8 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
         write_json(
             run / "measures.json", {"run_id": rid, "settings": current, "provenance": {"model_sha256": "m"}}
         )
+        corrupted = {"model_sha256": "m", "corrupted": {"checksum": "k" * 64}}
+        write_json(run / "robustness.json", {"run_id": rid, "settings": robust, "provenance": corrupted})
     for name in shards:
         write_json(tmp_path / "results/shards" / f"{name}.json", {"runs": {}})
     assert dvc_stage.pending_shards(config, tmp_path) == ([], {})
@@ -394,6 +418,9 @@ def test_shards_with_runs_not_done_by_content_are_forced(tmp_path: Path) -> None
         {"run_id": ids[0], "settings": {**current, "seed": 7}},
     )
     assert dvc_stage.pending_shards(config, tmp_path) == ([f"results/shards/{first}.json"], {"measure": 1})
+    write_json(tmp_path / "data/corrupted/digits/meta.json", {"checksum": "o" * 64})  # another corrupted set
+    stale, counts = dvc_stage.pending_shards(config, tmp_path)
+    assert len(stale) == len(shards) and counts == {"measure": 1, "robustness": len(runs) - 1}
     write_json(
         tmp_path / "data/prepared/digits/meta.json", {"params": {"test_fraction": 0.3, "split_seed": 0}}
     )

@@ -99,6 +99,30 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_corrupted(args: argparse.Namespace) -> int:
+    from qgen.data.corrupted import prepare_corrupted
+
+    meta = prepare_corrupted(json.loads(args.params), Path(args.prepared_meta).parent, Path(args.meta).parent)
+    print(
+        f"corrupted set {args.meta}: {len(meta['corruptions'])} corruptions x {len(meta['severities'])} "
+        f"severities, checksum {meta['checksum'][:12]}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from qgen import runtime
+    from qgen.runner import robustness_files
+
+    run_cfg = _runtime(args)
+    robustness_files(
+        args.model, args.data_meta, args.corrupted_meta, args.settings, args.out, run_cfg,
+        runtime.configure(run_cfg),
+    )  # fmt: skip
+    return 0
+
+
 def cmd_verify_data(args: argparse.Namespace) -> int:
     from qgen.data import verify
 
@@ -152,6 +176,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
         runs_dir=Path(args.runs_dir),
         data_dir=Path(args.data_dir),
         log_dir=Path(args.log_dir),
+        robustness=(
+            {"settings": args.robustness, "corrupted_meta": args.corrupted_meta} if args.robustness else None
+        ),
     )
 
 
@@ -246,9 +273,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         run_dirs = [
             Path(args.runs_dir) / rid for rid in experiment_runs(Path(args.runs_table), args.experiment)
         ]
-        missing = [
-            str(d / f) for d in run_dirs for f in ("metrics.json", "measures.json") if not (d / f).exists()
-        ]
+        needed = ("metrics.json", "measures.json", *(("robustness.json",) if args.robustness else ()))
+        missing = [str(d / f) for d in run_dirs for f in needed if not (d / f).exists()]
         if missing:
             raise SystemExit(
                 f"{len(missing)} run files are missing, e.g. {missing[0]}: run snakemake again (collect "
@@ -256,9 +282,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
             )
         metrics += [str(d / "metrics.json") for d in run_dirs]
         measures += [str(d / "measures.json") for d in run_dirs]
+        robustness = [str(d / "robustness.json") for d in run_dirs] if args.robustness else []
+    else:
+        robustness = list(args.robustness_files)
     if not metrics:
         raise SystemExit(f"no runs to collect for experiment {args.experiment}")
-    write_csv(collect(metrics, args.experiment, measures), args.out)
+    df = collect(metrics, args.experiment, measures, robustness)
+    if robustness:
+        from qgen.analysis.robustness import with_relative_error
+
+        df = with_relative_error(df)
+    write_csv(df, args.out)
     return 0
 
 
@@ -363,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser(
+        "prepare-corrupted", help="a prepared dataset's corrupted test set (generated, or released files)"
+    )
+    p.add_argument("--params", required=True, help="qgen.experiments.corrupted_params as JSON")
+    p.add_argument("--prepared-meta", required=True, help="the prepared dataset's meta.json")
+    p.add_argument("--meta", required=True, help="the corrupted set's meta.json to write; files go beside it")
+    p.set_defaults(func=cmd_prepare_corrupted)
+
+    p = sub.add_parser(
         "verify-data",
         help="check a prepared dataset: each file's sha256 (folder sets: each image's size; --full: sha256)",
     )
@@ -391,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settings", default="{}", help="the config's measures section as JSON")
     p.add_argument("--cache", help="measures precomputed by `qgen train --measure-cache` (used if valid)")
+    p = _model_step(
+        sub,
+        "robustness",
+        "accuracy and cross-entropy of a trained model on corrupted test data",
+        cmd_robustness,
+    )
+    p.add_argument("--corrupted-meta", required=True, help="the corrupted test set's meta.json")
+    p.add_argument("--settings", required=True, help="the config's robustness settings as JSON")
 
     p = sub.add_parser("shard", help="build the runs of one shard in workers that outlive one run")
     p.add_argument("name", help="the shard's name (its record is --out)")
@@ -406,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.add_argument("--parallel-runs", type=int, help="runs built at once (worker processes)")
     p.add_argument("--cpus", type=int, help="CPUs of the job: at most CPUS // threads runs at once")
+    p.add_argument("--robustness", default="", help="the robustness step's settings as JSON (none: no step)")
+    p.add_argument("--corrupted-meta", help="the corrupted test set's meta.json (with --robustness)")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("collect", help="collect metrics.json (and measures.json) files into one runs.csv")
@@ -417,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs-dir", default="results/runs")
     p.add_argument("--measures", nargs="*", default=[], help="measures.json files, matched to runs by run id")
+    p.add_argument(
+        "--robustness", action="store_true", help="with --runs-table: also each run's robustness.json"
+    )
+    p.add_argument(
+        "--robustness-files", nargs="*", default=[], help="robustness.json files, matched to runs by run id"
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser(

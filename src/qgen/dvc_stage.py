@@ -49,12 +49,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 #: outputs that DVC caches and pushes (the expensive ones)
-PUSHED = ("data/prepared", "results/runs", "results/shards")
+PUSHED = ("data/prepared", "data/corrupted", "results/runs", "results/shards")
 #: the config dvc.yaml tracks as params (the Snakefile's default config)
 CONFIG = "config/default.yaml"
 #: rules of the expensive stages; everything else is cheap and rebuilt when its stage runs
-PREPARE_RULES = ("prepare_data",)
-RUN_RULES = ("shard", "train", "measure")
+PREPARE_RULES = ("prepare_data", "prepare_corrupted")
+RUN_RULES = ("shard", "train", "measure", "robustness")
 #: cheap per-experiment stages named by their rules; ``report`` takes the experiment's other files
 STAGE_RULES = {"collect": ("collect",), "analyse": ("analyse", "summary"), "notebook": ("notebook",)}
 EXPERIMENT_STAGES = ("collect", "analyse", "report", "notebook")
@@ -109,14 +109,40 @@ def stale_prepared(config: dict, root: Path) -> list[str]:
     return stale
 
 
+def prepared_targets(config: dict) -> list[str]:
+    """The meta.json of every prepared dataset and corrupted test set the config's runs use."""
+    from qgen.experiments import all_runs, robust_run
+
+    runs = all_runs(config).values()
+    names = sorted({run.spec["data"]["name"] for run in runs})
+    robust = sorted({run.spec["data"]["name"] for run in runs if robust_run(config, run)})
+    return [f"data/prepared/{n}/meta.json" for n in names] + [f"data/corrupted/{n}/meta.json" for n in robust]
+
+
+def stale_corrupted(config: dict, root: Path) -> list[str]:
+    """``meta.json`` of corrupted test sets prepared with other robustness settings than the config's."""
+    from qgen.experiments import all_runs, canonical_json, corrupted_params, robust_run
+    from qgen.io import read_json
+
+    runs = all_runs(config)
+    stale = []
+    for name in sorted({run.spec["data"]["name"] for run in runs.values() if robust_run(config, run)}):
+        meta = root / "data" / "corrupted" / name / "meta.json"
+        if meta.exists():
+            recorded = read_json(meta).get("params")
+            if canonical_json(recorded or {}) != canonical_json(corrupted_params(config, name)):
+                stale.append(meta.relative_to(root).as_posix())
+    return stale
+
+
 def pending_shards(config: dict, root: Path) -> tuple[list[str], dict[str, int]]:
     """Records of the shards (results/shards/<shard>.json) with a run that is not done by content
     (qgen.shards.run_state: missing files, other data, other measure settings), to be forced: a record may
     be newer than everything it depends on and still be stale. Also: how many runs need ``train`` and
     ``measure``."""
     from qgen.config import measures_schema, validate
-    from qgen.experiments import all_runs
-    from qgen.shards import DONE, TRAIN, canonical_settings, run_states, shard_config_runs
+    from qgen.experiments import all_runs, robust_run, robustness_json
+    from qgen.shards import DONE, TRAIN, canonical_settings, robustness_key, run_states, shard_config_runs
 
     runs = all_runs(config)
     settings = canonical_settings(validate(dict(config["measures"]), measures_schema(), where="measures"))
@@ -125,7 +151,17 @@ def pending_shards(config: dict, root: Path) -> tuple[list[str], dict[str, int]]
     ready = {
         rid: spec for rid, spec in specs.items() if (prepared / spec["data"]["name"] / "meta.json").exists()
     }
-    states = {rid: TRAIN for rid in specs} | run_states(ready, settings, root / "results" / "runs", prepared)
+    robust = {}  # runs with the robustness step whose corrupted set is prepared (else the shard builds it)
+    for rid in list(ready):
+        if robust_run(config, runs[rid]):
+            meta = root / "data" / "corrupted" / specs[rid]["data"]["name"] / "meta.json"
+            if meta.exists():
+                robust[rid] = robustness_key(robustness_json(config), meta)
+            else:
+                del ready[rid]
+    states = {rid: TRAIN for rid in specs} | run_states(
+        ready, settings, root / "results" / "runs", prepared, robust
+    )
     counts = {state: sum(s == state for s in states.values()) for state in set(states.values()) - {DONE}}
     stale = []
     for name, ids in shard_config_runs(runs, config).items():
@@ -300,18 +336,18 @@ def plan(
         return files, files, ()
     config = load_config(root / CONFIG)
     if stage == "prepare":
-        stale = stale_prepared(config, root)
+        stale = stale_prepared(config, root) + stale_corrupted(config, root)
         if stale:
             _say(f"prepared with other parameters than {CONFIG}: {' '.join(stale)}")
-        return ["all"], stale, PREPARE_RULES
+        return prepared_targets(config), stale, ()
     if stage == "runs":
         pending, counts = pending_shards(config, root)
         if counts:
             todo = ", ".join(f"{n} to {state}" for state, n in sorted(counts.items()))
             _say(f"runs not done with {CONFIG}'s data and measure settings: {todo}")
-        # --until names the last rule only: runs_table is upstream of shard (it holds the specs), and
-        # naming it too would make Snakemake stop before the shards
-        return ["all"], [*pending, "runs_table"], ("shard",)
+        # the runs table is rewritten first, in a call of its own (main): forced together with the shard
+        # records, Snakemake 9 drops the forced shards from the DAG
+        return ["all"], pending, ("shard",)
     raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
 
 
@@ -329,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"gave {settled} files under {', '.join(PUSHED)} one modification time")
     if args.stage == "settle":
         return 0
+    if args.stage == "prepare":  # a DVC output even when no experiment has the robustness step
+        (root / "data" / "corrupted").mkdir(parents=True, exist_ok=True)
     targets, forced, until = plan(args.stage, root, args.experiment)
     if args.stage in EXPERIMENT_STAGES and not args.dry_run:
         if built_ahead(root, targets):
@@ -340,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         unpushed = [f for f in every if Path(f).name not in PUSHED_CHEAP]
         if unpushed and not any((root / f).exists() for f in unpushed):
             return build_ahead(root, every)
+    if args.stage == "runs":  # the runs' specs first (results/runs.tsv, always rewritten from the config)
+        table = snakemake_command(["results/runs.tsv"], ["runs_table"], (), args.dry_run)
+        if (code := subprocess.run(table, cwd=root).returncode) != 0:
+            return code
     cmd = snakemake_command(targets, forced, until, args.dry_run)
     _say(f"{args.stage}{'@' + args.experiment if args.experiment else ''}: {shlex.join(cmd[2:])}")
     return subprocess.run(cmd, cwd=root).returncode

@@ -694,3 +694,42 @@ def runs_table(runs: dict[str, Run]) -> str:
             f"{canonical_json(run.spec)}"
         )
     return "\n".join(lines) + "\n"
+
+
+# ---- robustness (issue 18): which runs are evaluated on corrupted test sets, and how ----------------
+
+#: keys of the config's robustness section that decide how a corrupted set is generated
+CORRUPTED_KEYS = ("corruptions", "severities", "seed", "small_images", "frost_textures")
+#: keys that decide what robustness.json holds (besides the corrupted set and the model)
+ROBUSTNESS_EVAL_KEYS = ("corruptions", "severities", "examples")
+
+
+def robust_experiments(config: dict[str, Any]) -> list[str]:
+    """The experiments whose runs get the robustness step (``robustness: true``)."""
+    return [name for name, exp in config["experiments"].items() if exp.get("robustness")]
+
+
+def robust_run(config: dict[str, Any], run: Run) -> bool:
+    robust = set(robust_experiments(config))
+    return any(e in robust for e in run.experiments)
+
+
+def corrupted_params(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """What ``qgen prepare-corrupted`` gets for dataset ``name``: the released files' root and kind when the
+    robustness section lists it, else the generation settings (qgen.data.corrupted.prepare_corrupted)."""
+    section = config["robustness"]
+    params = {k: section[k] for k in CORRUPTED_KEYS}
+    released = section["released"].get(name)
+    if released is not None:
+        params = {
+            "corruptions": section["corruptions"],
+            "severities": section["severities"],
+            "released": released,
+        }
+    return params
+
+
+def robustness_json(config: dict[str, Any]) -> str:
+    """The robustness settings a shard or a per-run job evaluates with (evaluation keys and batch size)."""
+    section = config["robustness"]
+    return json.dumps({k: section[k] for k in (*ROBUSTNESS_EVAL_KEYS, "batch_size")}, sort_keys=True)

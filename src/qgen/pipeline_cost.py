@@ -32,12 +32,12 @@ from qgen.job_cost import read_timing
 #: rules whose log folder is not named after the rule
 LOG_DIRS = {"shard": "shards"}
 #: jobs that serve every experiment
-SHARED_RULES = ("prepare_data", "runs_table")
+SHARED_RULES = ("prepare_data", "prepare_corrupted", "runs_table")
 #: jobs of one run (built alone, outside a shard), named by its run id
-PER_RUN_RULES = ("train", "measure")
+PER_RUN_RULES = ("train", "measure", "robustness")
 #: jobs of one experiment, named by it
 EXPERIMENT_RULES = ("collect", "analyse", "report", "notebook", "summary", "binaryconnect_table")
-EXPERIMENT_RULES += ("low_precision_table", "saq_table", "noise_injection_table")
+EXPERIMENT_RULES += ("low_precision_table", "saq_table", "noise_injection_table", "robustness_table")
 #: ``run:`` rules: Snakemake benchmarks its own process for them, so their polled CPU is not theirs
 RUN_BLOCK_RULES = ("runs_table",)
 EXPERIMENT_COLUMNS = [
@@ -107,6 +107,7 @@ def current_jobs(config: dict[str, Any]) -> dict[str, set[str]]:
     return {
         "shard": set(shard_config_runs(runs, config)),
         "prepare_data": {run.spec["data"]["name"] for run in runs.values()},
+        "prepare_corrupted": {run.spec["data"]["name"] for run in runs.values()},
         "runs_table": {""},
         **{rule: per_run for rule in PER_RUN_RULES},
         **{rule: experiments for rule in EXPERIMENT_RULES},
@@ -236,7 +237,8 @@ def summarize(
             "cpu": _sum(js, "cpu"),
             "budget_share": _sum(js, "cpu") / budget if budget else None,
             "train": sum(j.extra.get("train", 0.0) + j.extra.get("evaluate", 0.0) for j in shards),
-            "measure": sum(j.extra.get("measure", 0.0) for j in shards),
+            # measuring, and the robustness step's evaluation on corrupted data (issue 18)
+            "measure": sum(j.extra.get("measure", 0.0) + j.extra.get("robustness", 0.0) for j in shards),
             "run_overhead": _sum(shards, "overhead"),
             "run_overhead_share": _sum(shards, "overhead") / compute if compute else None,
             "other_cpu": _sum([j for j in js if j.rule != "shard"], "cpu"),

@@ -333,3 +333,84 @@ def measure_files(
     seconds = {"measure": time.perf_counter() - t0}
     print(f"{body['run_id']}: measured ({body['status']})", file=sys.stderr)
     return Built(body["run_id"], "measured", body["status"], seconds)
+
+
+def robustness_settings(settings_json: str) -> dict[str, Any]:
+    """The evaluation part of the config's robustness section (what robustness.json depends on besides the
+    corrupted set and the model): corruptions, severities, examples."""
+    from qgen.experiments import ROBUSTNESS_EVAL_KEYS
+
+    settings = json.loads(settings_json)
+    return {k: settings[k] for k in ROBUSTNESS_EVAL_KEYS}
+
+
+def robustness_model_file(
+    model_path: str, data_meta: str, corrupted_meta: str, settings_json: str, run_cfg: dict[str, Any],
+    device: Any, data: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The body of robustness.json: the deployed model of ``model_path`` on the corrupted test set prepared
+    in ``corrupted_meta``'s folder (qgen.measures.robustness), its input normalized like the test split."""
+    from qgen.data.corrupted import load_corrupted
+    from qgen.io import read_json
+    from qgen.measures.robustness import robustness_of
+    from qgen.models import model_from_payload, read_model_file
+
+    t0 = time.perf_counter()
+    settings = json.loads(settings_json)
+    payload = read_model_file(model_path)
+    data = data if data is not None else open_data(data_meta, payload["spec"], device, run_cfg)
+    model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
+    corrupted = load_corrupted(Path(corrupted_meta).parent)
+    checksum = read_json(corrupted_meta)["checksum"]
+    status = payload["train"]["status"]
+    body: dict[str, Any] = {"results": {}, "summary": {}}
+    if status == "completed":
+        if hasattr(corrupted, "images"):  # the npy layout (CIFAR-10-C, generated sets)
+            body = robustness_of(model, corrupted, data.test.preprocess, device, settings)
+        else:  # ImageNet-C folders
+            from qgen.measures.robustness import robustness_of_folders
+
+            workers = int(run_cfg.get("loader_workers", RUNTIME_DEFAULTS["loader_workers"]))
+            size = int(data.input_shape[-1])
+            body = robustness_of_folders(
+                model, corrupted, data.test.preprocess, device, settings, size, workers
+            )
+    seconds = body.pop("seconds", 0.0)
+    prov = model_provenance(
+        payload, model_path, run_cfg, device, data,
+        wall_seconds={"robustness": round(time.perf_counter() - t0, 3), "evaluate": seconds},
+        corrupted={"checksum": checksum, "meta": str(corrupted_meta)},
+    )  # fmt: skip
+    return {
+        "run_id": payload["run_id"],
+        "status": status,
+        "settings": robustness_settings(settings_json),
+        **body,
+        "provenance": prov,
+    }
+
+
+def robustness_files(
+    model_path: str | Path,
+    data_meta: str | Path,
+    corrupted_meta: str | Path,
+    settings_json: str,
+    out: str | Path,
+    run_cfg: dict[str, Any],
+    device: Any,
+    *,
+    data: Any = None,
+) -> Built:
+    """Evaluate a trained model.pt on its corrupted test set into ``out`` (robustness.json)."""
+    from qgen.train import preemption
+
+    t0 = time.perf_counter()
+    with preemption.exit_on_signal(
+        "evaluating robustness", "nothing was written: run the same command again"
+    ):
+        body = robustness_model_file(
+            str(model_path), str(data_meta), str(corrupted_meta), settings_json, run_cfg, device, data
+        )
+        qio.write_json(out, body)
+    print(f"{body['run_id']}: robustness evaluated ({body['status']})", file=sys.stderr)
+    return Built(body["run_id"], "robustness", body["status"], {"robustness": time.perf_counter() - t0})

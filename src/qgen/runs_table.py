@@ -81,18 +81,29 @@ def run_row(record: dict[str, Any], experiment: str) -> dict[str, Any]:
 
 
 def collect(
-    metric_files: Iterable[str | Path], experiment: str, measure_files: Iterable[str | Path] = ()
+    metric_files: Iterable[str | Path],
+    experiment: str,
+    measure_files: Iterable[str | Path] = (),
+    robustness_files: Iterable[str | Path] = (),
 ) -> pd.DataFrame:
-    """One row per metrics.json; the scalar measures of the matching measures.json (same run id) join it."""
+    """One row per metrics.json; the scalar measures of the matching measures.json (same run id) join it,
+    and the summary of its robustness.json as ``robust.*`` columns (qgen.measures.robustness)."""
     measures = {}
     for path in measure_files:
         record = read_json(path)
         measures[record["run_id"]] = record.get("measures", {})
+    robust = {}
+    for path in robustness_files:
+        record = read_json(path)
+        robust[record["run_id"]] = record.get("summary", {})
     rows = []
     for path in metric_files:
         record = read_json(path)
         record["measures"] = measures.get(record["run_id"], {})
-        rows.append(run_row(record, experiment))
+        row = run_row(record, experiment)
+        if robustness_files:
+            flatten("robust", robust.get(record["run_id"], {}), row)
+        rows.append(row)
     df = pd.DataFrame(rows)
     spec_cols = sorted(spec_columns(df))
     fit_cols = sorted(c for c in df.columns if c.startswith("fit."))

@@ -20,7 +20,9 @@ What a run needs (:func:`run_state`) is decided from file contents, never modifi
 ``train`` unless model.pt, train_log.csv and a metrics.json of this run id computed on the prepared data
 with the current checksum exist; else ``measure`` unless measures.json of this run id records exactly the
 current measure settings and was measured from the model file metrics.json was evaluated from (both
-record its sha256 in their provenance); else ``done``.
+record its sha256 in their provenance); else, for a run of an experiment with the robustness step (issue 18),
+``robustness`` unless robustness.json of this run id records the current evaluation settings and corrupted
+set (its checksum) and was computed from that model file; else ``done``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from typing import Any
 
 #: shard names: ``<group>-<bucket>of<buckets>``
 SHARD_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_+-]*-[0-9]+of[0-9]+"
-TRAIN, MEASURE, DONE = "train", "measure", "done"
+TRAIN, MEASURE, ROBUSTNESS, DONE = "train", "measure", "robustness", "done"
+#: how a run's robustness.json must have been computed: (evaluation settings as canonical JSON, the
+#: corrupted set's checksum); None for a run without the robustness step
+Robustness = tuple[str, str] | None
 
 
 def _bucket_count(n_runs: int, shard_runs: int) -> int:
@@ -110,9 +115,10 @@ def data_checksum(meta: Path) -> str | None:
     return record.get("checksum") if isinstance(record, dict) else None
 
 
-def run_state(run_dir: Path, run_id: str, checksum: str, settings: str) -> str:
-    """``train``, ``measure`` or ``done`` for the run whose files are in ``run_dir`` (module docstring);
-    ``checksum``: the prepared data's, ``settings``: the measure settings as :func:`canonical_settings`."""
+def run_state(run_dir: Path, run_id: str, checksum: str, settings: str, robustness: Robustness = None) -> str:
+    """``train``, ``measure``, ``robustness`` or ``done`` for the run whose files are in ``run_dir`` (module
+    docstring); ``checksum``: the prepared data's, ``settings``: the measure settings as
+    :func:`canonical_settings`, ``robustness``: see :data:`Robustness`."""
     if not all((run_dir / name).is_file() for name in ("model.pt", "train_log.csv")):
         return TRAIN
     metrics = _read(run_dir / "metrics.json")
@@ -129,15 +135,32 @@ def run_state(run_dir: Path, run_id: str, checksum: str, settings: str) -> str:
             return MEASURE  # measured from another model file (the run was retrained since)
     except (KeyError, TypeError, ValueError, AttributeError):
         return MEASURE
+    if robustness is not None:
+        record = _read(run_dir / "robustness.json")
+        try:
+            if (
+                record["run_id"] != run_id
+                or canonical_settings(record["settings"]) != robustness[0]
+                or record["provenance"]["corrupted"]["checksum"] != robustness[1]
+                or record["provenance"].get("model_sha256") != metrics["provenance"].get("model_sha256")
+            ):
+                return ROBUSTNESS
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return ROBUSTNESS
     return DONE
 
 
 def run_states(
-    specs: Mapping[str, Mapping[str, Any]], settings: str, runs_dir: Path, data_dir: Path
+    specs: Mapping[str, Mapping[str, Any]],
+    settings: str,
+    runs_dir: Path,
+    data_dir: Path,
+    robustness: Mapping[str, Robustness] | None = None,
 ) -> dict[str, str]:
     """:func:`run_state` of every run in ``specs`` (run id -> spec), from ``runs_dir/<run_id>`` and the
     prepared data in ``data_dir/<dataset>``; a dataset whose meta.json cannot be read is an error (the
-    runs' state cannot be known, and nothing may be retrained or deleted for it)."""
+    runs' state cannot be known, and nothing may be retrained or deleted for it). ``robustness``: run id ->
+    its :data:`Robustness` (runs not in it have no robustness step)."""
     checksums: dict[str, str] = {}
     states = {}
     for rid, spec in specs.items():
@@ -148,8 +171,20 @@ def run_states(
             if checksum is None:
                 raise ValueError(f"{meta} is missing or unreadable: prepare the dataset first")
             checksums[name] = checksum
-        states[rid] = run_state(runs_dir / rid, rid, checksums[name], settings)
+        states[rid] = run_state(runs_dir / rid, rid, checksums[name], settings, (robustness or {}).get(rid))
     return states
+
+
+def robustness_key(settings_json: str, corrupted_meta: Path) -> Robustness:
+    """The :data:`Robustness` of runs evaluated with ``settings_json`` (qgen.experiments.robustness_json) on
+    the corrupted set of ``corrupted_meta``; an unreadable meta.json is an error (prepare the set first)."""
+    from qgen.experiments import ROBUSTNESS_EVAL_KEYS
+
+    checksum = data_checksum(corrupted_meta)
+    if checksum is None:
+        raise ValueError(f"{corrupted_meta} is missing or unreadable: prepare the corrupted set first")
+    settings = json.loads(settings_json)
+    return canonical_settings({k: settings[k] for k in ROBUSTNESS_EVAL_KEYS}), checksum
 
 
 def read_runs_table(path: Path, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:

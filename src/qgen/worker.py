@@ -61,7 +61,7 @@ from typing import Any
 
 from qgen import io as qio
 from qgen.job_cost import process_age
-from qgen.shards import DONE, MEASURE, TRAIN, canonical_settings, run_states
+from qgen.shards import DONE, MEASURE, ROBUSTNESS, TRAIN, canonical_settings, robustness_key, run_states
 
 SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
@@ -163,16 +163,26 @@ def _build(task: dict[str, Any], run_cfg: dict[str, Any], device: Any, cache: di
             if task["state"] == TRAIN:
                 if task["stale"]:  # a finished run of other data: its checkpoint must not be resumed
                     ckpt.unlink(missing_ok=True)
-                for name in ("metrics", "measures"):  # results of an older model of this run id
+                for name in ("metrics", "measures", "robustness"):  # results of an older model of this run id
                     Path(paths[name]).unlink(missing_ok=True)
                 built = runner.train_files(
                     {"run_id": rid, "spec": spec}, paths["meta"], paths["model"], paths["log_csv"],
                     paths["metrics"], run_cfg, device, settings_json=task["settings"],
                     measures_path=paths["measures"], data=data,
                 )  # fmt: skip
-            else:
+            elif task["state"] == MEASURE:
                 built = _measure(paths, task["settings"], run_cfg, device, data, runner)
                 ckpt.unlink(missing_ok=True)  # a finished training's final checkpoint: its run is complete
+            robust = task.get("robustness")
+            if robust is not None:  # the robustness step, after training and measuring, or alone
+                evaluated = runner.robustness_files(
+                    paths["model"], paths["meta"], robust["corrupted_meta"], robust["settings"],
+                    paths["robustness"], run_cfg, device, data=data,
+                )  # fmt: skip
+                if task["state"] == ROBUSTNESS:
+                    built = evaluated
+                else:
+                    built.seconds.update(evaluated.seconds)
             built.seconds["data"] = data_seconds
             result.update(ok=True, action=built.action, status=built.status, seconds=built.seconds)
         except (TrainingInterrupted, Interrupted) as err:
@@ -216,21 +226,38 @@ def run_paths(
         "log_csv": str(run_dir / "train_log.csv"),
         "metrics": str(run_dir / "metrics.json"),
         "measures": str(run_dir / "measures.json"),
+        "robustness": str(run_dir / "robustness.json"),
         "train_log": str(log_dir / "train" / f"{rid}.log"),
         "measure_log": str(log_dir / "measure" / f"{rid}.log"),
+        "robustness_log": str(log_dir / "robustness" / f"{rid}.log"),
     }
 
 
+#: the log of a run, by what it still needs
+LOGS = {TRAIN: "train_log", MEASURE: "measure_log", ROBUSTNESS: "robustness_log", DONE: "measure_log"}
+
+
 def plan(
-    specs: Mapping[str, dict[str, Any]], settings_json: str, runs_dir: Path, data_dir: Path, log_dir: Path
+    specs: Mapping[str, dict[str, Any]],
+    settings_json: str,
+    runs_dir: Path,
+    data_dir: Path,
+    log_dir: Path,
+    robustness: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One task per run of the shard: its spec, paths and what it still needs (``state``; ``stale``: the
-    run has finished results of other data, so its checkpoint, if any, is not resumed)."""
-    states = run_states(specs, canonical_settings(json.loads(settings_json)), runs_dir, data_dir)
+    run has finished results of other data, so its checkpoint, if any, is not resumed; ``robustness``: the
+    step's settings and corrupted set, when the shard's runs have it). ``robustness``: {settings (JSON),
+    corrupted_meta} or None."""
+    keys = {}
+    if robustness is not None:
+        key = robustness_key(robustness["settings"], Path(robustness["corrupted_meta"]))
+        keys = dict.fromkeys(specs, key)
+    states = run_states(specs, canonical_settings(json.loads(settings_json)), runs_dir, data_dir, keys)
     tasks = []
     for rid, spec in specs.items():
         paths = run_paths(rid, spec, runs_dir, data_dir, log_dir)
-        paths["log"] = paths["train_log" if states[rid] == TRAIN else "measure_log"]
+        paths["log"] = paths[LOGS[states[rid]]]
         stale = states[rid] == TRAIN and Path(paths["metrics"]).is_file()
         tasks.append(
             {
@@ -240,6 +267,7 @@ def plan(
                 "state": states[rid],
                 "stale": stale,
                 "settings": settings_json,
+                "robustness": dict(robustness) if robustness is not None else None,
             }
         )
     return tasks
@@ -388,21 +416,24 @@ def run_shard(
     runs_dir: Path = Path("results/runs"),
     data_dir: Path = Path("data/prepared"),
     log_dir: Path = Path("logs"),
+    robustness: Mapping[str, str] | None = None,
 ) -> int:
     """Build every run of shard ``name`` that is not done; write its record to ``out`` when all succeed.
-    Returns the exit status: 0, 1 when a run failed, 128 + signal when interrupted."""
+    Returns the exit status: 0, 1 when a run failed, 128 + signal when interrupted. ``robustness``: as
+    :func:`plan`'s."""
     t0 = time.perf_counter() - process_age()
     parallel = int(run_cfg.get("parallel_runs", 1))
     try:
-        tasks = plan(specs, settings_json, runs_dir, data_dir, log_dir)
+        tasks = plan(specs, settings_json, runs_dir, data_dir, log_dir, robustness)
     except ValueError as err:
         _say(f"{name}: {err}")
         return 1
     pending = [t for t in tasks if t["state"] != DONE]
-    counts = {s: sum(t["state"] == s for t in tasks) for s in (TRAIN, MEASURE, DONE)}
+    counts = {s: sum(t["state"] == s for t in tasks) for s in (TRAIN, MEASURE, ROBUSTNESS, DONE)}
     workers_wanted = min(parallel, len(pending))
+    robust = f", {counts[ROBUSTNESS]} to evaluate on corrupted data" if robustness is not None else ""
     _say(
-        f"{name}: {len(tasks)} runs: {counts[TRAIN]} to train, {counts[MEASURE]} to measure, "
+        f"{name}: {len(tasks)} runs: {counts[TRAIN]} to train, {counts[MEASURE]} to measure{robust}, "
         f"{counts[DONE]} done; {workers_wanted} worker process(es)"
     )
     done, workers, signum = _execute(pending, run_cfg, workers_wanted) if pending else ([], [], None)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.utils import min_version
@@ -11,7 +12,10 @@ from qgen.experiments import (
     DATASET_PATTERN,
     RUN_ID_PATTERN,
     all_runs,
+    corrupted_params,
     dataset_entry,
+    robust_run,
+    robustness_json,
     runs_table,
     weights_path,
 )
@@ -143,6 +147,34 @@ def shard_data(wildcards):
     return data_files(RUNS[shard_runs(wildcards.shard)[0]].spec["data"]["name"])
 
 
+# The robustness step (issue 18): runs of experiments with `robustness: true` are evaluated on their
+# dataset's corrupted test set in their shard, after training and measuring (settings: a param of the shard).
+ROBUSTNESS_JSON = json.dumps(json.loads(robustness_json(config)), sort_keys=True)
+ROBUST_RUNS = {rid for rid, run in RUNS.items() if robust_run(config, run)}
+
+
+def corrupted_meta(name):
+    return f"data/corrupted/{name}/meta.json"
+
+
+def shard_robust(name):
+    """Whether the shard's runs have the robustness step (a shard's runs share their experiments)."""
+    return shard_runs(name)[0] in ROBUST_RUNS
+
+
+def shard_corrupted(wildcards):
+    if not shard_robust(wildcards.shard):
+        return {}
+    return {"corrupted": corrupted_meta(RUNS[shard_runs(wildcards.shard)[0]].spec["data"]["name"])}
+
+
+def shard_robustness_args(wildcards):
+    if not shard_robust(wildcards.shard):
+        return ""
+    name = RUNS[shard_runs(wildcards.shard)[0]].spec["data"]["name"]
+    return f"--robustness {shlex.quote(ROBUSTNESS_JSON)} --corrupted-meta {shlex.quote(corrupted_meta(name))}"
+
+
 def shard_resources():
     """A shard job's request: parallel_runs runs at once, each with one run's CPUs (threads, the rule's
     threads) and memory; one GPU shared by them when a run asks for one; the runtimes of its runs,
@@ -180,7 +212,8 @@ def off_shard_files():
         except FileNotFoundError:
             continue
         for rid in ids:
-            for file in ("metrics.json", "measures.json"):
+            files = ("metrics.json", "measures.json", *(("robustness.json",) if rid in ROBUST_RUNS else ()))
+            for file in files:
                 path = f"results/runs/{rid}/{file}"
                 try:
                     if os.stat(path).st_mtime_ns <= recorded:
@@ -214,10 +247,15 @@ def paper_targets(experiments):
         "low_precision": "error_vs_prop_bits",
         "saq": "saq_vs_bits",
         "noise_injection": "noise_vs_rounding",
+        "robustness": "robustness",
+        "unet": "dice_vs_bits",
     }
     out = []
     for experiment in experiments:
-        for name in config["experiments"][experiment].get("paper_tables", []):
+        tables = list(config["experiments"][experiment].get("paper_tables", []))
+        if config["experiments"][experiment].get("robustness"):
+            tables.append("robustness")  # QGen's Table 4 (qgen.report.robustness)
+        for name in tables:
             out += [f"results/{experiment}/tables/{name}.{ext}" for ext in ("md", "csv", "tex")]
             if name in figures:
                 out += [f"figures/{experiment}/{figures[name]}.{ext}" for ext in ("png", "pdf")]

@@ -89,3 +89,49 @@ rule noise_injection_table:
         "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables noise_injection"
         " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
         " 2> {log:q}"
+
+
+rule robustness_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/robustness", ".md", ".csv", ".tex"),
+        figures=multiext("figures/{experiment}/robustness", ".png", ".pdf"),
+    log:
+        "logs/robustness_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/robustness_table/{experiment}.tsv"
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables robustness"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " 2> {log:q}"
+
+
+rule unet_table:
+    input:
+        runs="results/{experiment}/runs.csv",
+    output:
+        tables=multiext("results/{experiment}/tables/unet", ".md", ".csv", ".tex"),
+        figures=multiext("figures/{experiment}/dice_vs_bits", ".png", ".pdf"),
+    log:
+        "logs/unet_table/{experiment}.log",
+    benchmark:
+        "logs/benchmarks/unet_table/{experiment}.tsv"
+    conda:
+        "../../environment.yml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "qgen paper-tables --runs {input.runs:q} --experiment {wildcards.experiment} --tables unet"
+        " --tables-dir $(dirname {output.tables[0]:q}) --figures-dir $(dirname {output.figures[0]:q})"
+        " 2> {log:q}"

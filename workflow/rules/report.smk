@@ -36,9 +36,13 @@ rule collect:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        robustness=lambda wildcards: (
+            "--robustness" if config["experiments"][wildcards.experiment].get("robustness") else ""
+        ),
     shell:
         "qgen collect --experiment {wildcards.experiment} --out {output:q} --runs-table {input.runs:q}"
-        " --runs-dir results/runs 2> {log:q}"
+        " --runs-dir results/runs {params.robustness} 2> {log:q}"
 
 
 rule analyse:

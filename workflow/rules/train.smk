@@ -12,12 +12,14 @@
 rule shard:
     input:
         unpack(shard_data),
+        unpack(shard_corrupted),  # the corrupted test set, for runs with the robustness step
         runs=ancient("results/runs.tsv"),  # the runs' specs; a rewritten table alone reruns nothing
     output:
         record="results/shards/{shard}.json",
     params:
         run_ids=lambda wildcards: ",".join(shard_runs(wildcards.shard)),
         settings=MEASURES_JSON,
+        robustness=shard_robustness_args,
     log:
         "logs/shards/{shard}.log",
     benchmark:
@@ -29,7 +31,8 @@ rule shard:
         **shard_resources(),
     shell:
         "qgen shard {wildcards.shard} --run-ids {params.run_ids} --runs-table {input.runs:q}"
-        " --settings {params.settings:q} --out {output.record:q} --cpus {threads} 2> {log:q}"
+        " --settings {params.settings:q} --out {output.record:q} --cpus {threads} {params.robustness}"
+        " 2> {log:q}"
 
 
 # One run on its own (`snakemake results/runs/<run_id>/metrics.json`, `qgen audit`). Files of a run rebuilt
@@ -103,3 +106,34 @@ rule measure:
         "qgen measure --model {input.model:q} --data-meta {input.meta:q} --settings {params.settings:q}"
         " --cache $(dirname {input.model:q})/measures.cache.json --out {output.measures:q} --threads {threads}"
         " 2> {log:q}"
+
+
+# The robustness step of one run (issue 18; experiments with `robustness: true`): its deployed model on the
+# corrupted test set. Its settings are params here, so a new corruption set or severity re-evaluates
+# robustness only, never retrains or re-measures.
+
+
+rule robustness:
+    input:
+        unpack(run_data),
+        model="results/runs/{run_id}/model.pt",
+        corrupted=lambda wildcards: corrupted_meta(run_record(wildcards.run_id).spec["data"]["name"]),
+    output:
+        robustness="results/runs/{run_id}/robustness.json",
+    params:
+        settings=ROBUSTNESS_JSON,
+    log:
+        "logs/robustness/{run_id}.log",
+    benchmark:
+        "logs/benchmarks/robustness/{run_id}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: RUNTIME["threads"]
+    resources:
+        **rule_resources("measure"),
+        runs_at_once=1,
+    group:
+        "runs"
+    shell:
+        "qgen robustness --model {input.model:q} --data-meta {input.meta:q} --corrupted-meta {input.corrupted:q}"
+        " --settings {params.settings:q} --out {output.robustness:q} --threads {threads} 2> {log:q}"

@@ -50,6 +50,8 @@ one-sided tests reject in every family with at least ``min_pairs`` pairs; the (1
 | saq_flatter | SAQ | SAQ case 3 σ′ above its plain-QAT twin's (converged searches only) |
 | noise_matches_rounding | QGen | TOST of gap(noise) − gap(rounding) against ± noise_margin.gap |
 | noise_matches_rounding_train_loss | QGen | the same for the training CE (fixed-epoch runs only) |
+| quantized_more_robust | QGen | mean corrupted accuracy above the FP32 twin's, per precision (Holm) |
+| w4a6_drop_matches_paper | U-Net fixed point | a6.0/w0.4 dice drop ≤ paper's + unet_margin (analysis.unet) |
 
 The QGen/QReg claims are checked on the bit-width family (float, uniform, LSQ runs); each paper's claims
 appear only for experiments that hold the runs they compare. The SAQ claims (:func:`saq_claims`) pair
@@ -411,7 +413,16 @@ def check_claims(df: pd.DataFrame, options: dict[str, Any] | None = None) -> lis
     family = df[method.isin(BIT_WIDTH_METHODS)]
     claims = qgen_claims(family, opt) if (method.isin(BIT_WIDTH_METHODS[1:])).any() else []
     claims += binaryconnect_claims(df, opt) + low_precision_claims(df, opt)
-    return [_finish(c) for c in claims + saq_claims(df, opt) + noise_claims(df, opt)]
+    claims += saq_claims(df, opt) + noise_claims(df, opt)
+    if "test_dice" in df.columns:  # segmentation runs (qgen.analysis.unet)
+        from qgen.analysis.unet import unet_claims
+
+        claims += unet_claims(df, opt)
+    if "robust.acc" in df.columns:  # the robustness step (qgen.analysis.robustness)
+        from qgen.analysis.robustness import robustness_claim
+
+        claims.append(robustness_claim(family, opt))
+    return [_finish(c) for c in claims]
 
 
 def _finish(claim: dict[str, Any]) -> dict[str, Any]:

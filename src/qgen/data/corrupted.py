@@ -31,6 +31,7 @@ import numpy as np
 from qgen.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptionOptions, corrupt
 from qgen.data.integrity import (
     DataIntegrityError,
+    DatasetError,
     DatasetNotFoundError,
     check_manifest,
     check_sizes,
@@ -485,4 +486,46 @@ def load_corrupted(
         )
     raise DataIntegrityError(
         f"{meta_path}: unknown kind {kind!r} (expected corrupted_npy or corrupted_folders)"
+    )
+
+
+def prepare_corrupted(
+    params: Mapping[str, Any], prepared_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """The corrupted test set of one prepared dataset (``data/corrupted/<dataset>``), from ``params``
+    (qgen.experiments.corrupted_params): the released files under ``params["released"]`` (kind npy or
+    imagenet_c), else generated from the prepared test split (``prepared_dir/test.pt``) with the
+    corruptions, severities, seed and small-image rule given. Returns the meta."""
+    meta = _prepare_corrupted(params, prepared_dir, out_dir)
+    meta["params"] = dict(params)  # what qgen.dvc_stage compares with the config (stale sets are rebuilt)
+    write_json(Path(out_dir) / META, meta)
+    return meta
+
+
+def _prepare_corrupted(
+    params: Mapping[str, Any], prepared_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    released = params.get("released")
+    corruptions, severities = params["corruptions"], params["severities"]
+    names = None if corruptions == "all" else list(corruptions)
+    if released:
+        if released["kind"] == "imagenet_c":
+            return prepare_released_imagenet_c(released["root"], out_dir, names, severities)
+        return prepare_released(
+            released["root"], out_dir, names, severities, expected_n=None, expected_shape=None
+        )
+    import torch
+
+    prepared_dir = Path(prepared_dir)
+    test = torch.load(prepared_dir / "test.pt", weights_only=True)
+    if "x" not in test:
+        raise DatasetError(
+            f"{prepared_dir}: a folder set has no prepared images to corrupt; give its released set"
+        )
+    source = {"dataset": prepared_dir.name, "checksum": read_json(prepared_dir / "meta.json")["checksum"]}
+    options = CorruptionOptions(
+        small_images=params["small_images"], frost_textures=params.get("frost_textures")
+    )
+    return generate_set(
+        test["x"], test["y"], out_dir, names or CORRUPTIONS, severities, int(params["seed"]), options, source
     )

@@ -38,8 +38,10 @@ class FolderSplit(IndexView):
         workers: int = 8,
         prefetch: int = 2,
         image_size: int | None = None,
+        eval_resize: int | None = None,
     ) -> None:
         self.root, self.files, self._labels_all = root, files, y.to(torch.int64).cpu()
+        self.eval_resize = eval_resize  # None: the standard 256/224 ratio (ImageNet-C's are crops already)
         self.preprocess, self.can_augment = preprocess, augment
         self.device, self.workers, self.prefetch = torch.device(device), workers, prefetch
         self.image_size = image_size
@@ -63,8 +65,8 @@ class FolderSplit(IndexView):
         size = self.image_size or TRAIN_SIZE
         if augment and self.can_augment:
             transform = train_transform(size)
-        else:  # the standard resize-then-crop ratio 256/224 at any size
-            transform = eval_transform(size, round(size * EVAL_RESIZE / TRAIN_SIZE))
+        else:  # the standard resize-then-crop ratio 256/224 at any size, unless told otherwise
+            transform = eval_transform(size, self.eval_resize or round(size * EVAL_RESIZE / TRAIN_SIZE))
         loader = torch.utils.data.DataLoader(
             ImageFiles(self.root, self.files, self._labels_all, transform),
             batch_size=batch_size,

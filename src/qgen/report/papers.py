@@ -581,6 +581,14 @@ def write_paper_outputs(
             paths += write_saq_outputs(df, tables_dir, figures_dir, experiment)
         elif name == "noise_injection":
             paths += write_noise_outputs(df, tables_dir, figures_dir, experiment)
+        elif name == "robustness":  # QGen's Table 4, for an experiment with the robustness step
+            from qgen.report.robustness import write_robustness_outputs
+
+            paths += write_robustness_outputs(df, tables_dir, figures_dir, experiment, data_note(df))
+        elif name == "unet":  # the U-Net fixed-point paper (qgen.report.unet)
+            from qgen.report.unet import write_unet_outputs
+
+            paths += write_unet_outputs(df, tables_dir, figures_dir, experiment, data_note(df))
         else:
             raise ValueError(f"unknown paper table {name!r}; known: {', '.join(PAPER_TABLES)}")
     return paths
