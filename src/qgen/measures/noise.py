@@ -43,6 +43,14 @@ from torch import nn
 from qgen.data.batches import Examples
 from qgen.measures.deployed import quantizers_disabled
 from qgen.quant import Quantizer, quant_layers
+from qgen.quant.layers import activation_sites
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation in float64 with torch's own reductions (numpy's corrcoef goes through the BLAS,
+    whose kernels differ between CPU models: bits would too)."""
+    a0, b0 = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a0 * b0).sum() / torch.sqrt((a0 * a0).sum() * (b0 * b0).sum()))
 
 
 def ks_uniform(values: np.ndarray) -> tuple[float, float]:
@@ -87,7 +95,7 @@ def noise_statistics(
     }
     if th.numel() > 2:
         ks_stat, ks_p = ks_uniform((th / dl).cpu().numpy())
-        corr = np.corrcoef(th.cpu().numpy(), vv.cpu().numpy())[0, 1] if th.std() > 0 and vv.std() > 0 else 0.0
+        corr = pearson(th, vv) if th.std() > 0 and vv.std() > 0 else 0.0
         out.update(
             mean=float(th.mean()),
             var=float(th.var()),
