@@ -393,6 +393,8 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
         optim.pop("momentum_saturate", None)
     if spec["train"].get("loss") == "ce":
         spec["train"].pop("loss")
+    if spec["train"].get("dice_threshold") == 0.5:  # the default (qgen.metrics.DICE_THRESHOLD): no split ids
+        spec["train"].pop("dice_threshold")
     unused = unused_request(spec)
     if unused is not None:
         raise ConfigError(unused)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -113,3 +114,127 @@ def accuracy_and_ce(
     if n == 0:
         raise ValueError("accuracy_and_ce: no examples")
     return float(correct) / n, float(total_ce) / n
+
+
+# ---- what "accuracy" and "loss" mean for a run's task -----------------------------------------------------
+
+TASKS = ("classification", "segmentation")
+SEGMENTATION_LOSSES = ("dice", "bce_dice")
+#: the default dice threshold (``train.dice_threshold``; the U-Net reference code uses 0.999)
+DICE_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The per-example score and loss every evaluation and measure of a run uses.
+
+    - ``classification``: score = 1 if argmax(logits) is the label (accuracy), loss = cross-entropy;
+    - ``segmentation``: score = the per-image dice of the binarized prediction (:func:`dice_score`,
+      sigmoid ≥ ``threshold``), loss = the run's training loss ``loss`` (``dice`` or ``bce_dice``)
+      evaluated per image (:func:`dice_and_loss`). The batch-level soft dice that training minimizes is
+      not a sum over examples, so it cannot be accumulated over mini-batches; its per-image form can.
+
+    The searches of qgen.measures.sharpness use the mean score as their "accuracy" (σ′: the dice drop
+    under noise reaches ``target``; α′: the worst-case rise of 1 − dice), the Hessian the mean loss.
+    """
+
+    task: str = "classification"
+    loss: str = "ce"
+    threshold: float = DICE_THRESHOLD
+    empty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"objective: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.segmentation and self.loss not in SEGMENTATION_LOSSES:
+            raise ValueError(
+                f"a segmentation run needs train.loss in {', '.join(SEGMENTATION_LOSSES)}, got {self.loss!r}"
+            )
+        if not self.segmentation and self.loss in SEGMENTATION_LOSSES:
+            raise ValueError(f"train.loss {self.loss} needs a segmentation dataset (masks as targets)")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"dice threshold must lie in (0, 1), got {self.threshold}")
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    def scores(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-example score: correctness (bool) or per-image dice (float64); vmap-safe."""
+        if self.segmentation:
+            return dice_score(logits, target, self.threshold, self.empty)
+        return logits.argmax(-1) == target
+
+    def losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-example loss (differentiable): cross-entropy, or the per-image segmentation loss."""
+        if not self.segmentation:
+            return F.cross_entropy(logits, target, reduction="none")
+        from qgen.train.losses import bce_dice, soft_dice_loss
+
+        if self.loss == "dice":
+            return soft_dice_loss(logits, target, per_image=True)
+        return bce_dice(logits, target, per_image=True)
+
+    def describe(self) -> dict[str, object]:
+        score = "dice" if self.segmentation else "accuracy"
+        return {"task": self.task, "score": score, "loss": self.loss, "threshold": self.threshold}
+
+
+def objective_for(spec: dict, task: str = "classification") -> Objective:
+    """The objective of a run ``spec`` on a dataset of ``task`` (``train.loss``, ``train.dice_threshold``)."""
+    train = spec.get("train", {})
+    loss = train.get("loss", "ce")
+    threshold = float(train.get("dice_threshold", DICE_THRESHOLD))
+    if task != "segmentation" and loss not in SEGMENTATION_LOSSES:
+        return Objective()
+    return Objective(task=task, loss=loss, threshold=threshold)
+
+
+@torch.no_grad()
+def score_and_loss(
+    model: nn.Module | Forward,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    objective: Objective | None = None,
+) -> tuple[float, float]:
+    """(mean score, mean loss) under ``objective``: :func:`accuracy_and_ce` for classification (the
+    same numbers), (dice, segmentation loss) per image for segmentation."""
+    if objective is None or not objective.segmentation:
+        return accuracy_and_ce(model, batches)
+    return dice_and_loss(model, batches, objective.loss, objective.threshold, objective.empty)
+
+
+@torch.no_grad()
+def split_metrics(
+    model: nn.Module | Forward,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    objective: Objective | None = None,
+) -> dict[str, float]:
+    """``acc`` and ``ce`` of a split and, for segmentation, ``dice`` and ``loss``, in one pass.
+
+    Segmentation: ``acc`` is the **pixel accuracy** of the binarized prediction (sigmoid ≥ threshold) and
+    ``ce`` the **pixel binary cross-entropy** of the logits, each averaged per image then over images (the
+    images of a set have one size: the pixel means). They keep the generic columns (train_acc, gap_acc,
+    train_ce, the degenerate check's chance level of the majority pixel class) meaningful."""
+    if objective is None or not objective.segmentation:
+        acc, ce = accuracy_and_ce(model, batches)
+        return {"acc": acc, "ce": ce}
+    from qgen.train.losses import mask_like
+
+    cut = math.log(objective.threshold / (1 - objective.threshold))
+    sums = {"acc": 0.0, "ce": 0.0, "dice": 0.0, "loss": 0.0}
+    totals: dict[str, torch.Tensor | float] = dict(sums)
+    n = 0
+    with _eval_mode(model):
+        for xb, yb in batches:
+            logits = model(xb)
+            z = logits.double()
+            t = mask_like(z, yb)
+            totals["acc"] = totals["acc"] + ((z >= cut) == (t != 0)).flatten(1).double().mean(1).sum()
+            bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+            totals["ce"] = totals["ce"] + bce.flatten(1).mean(1).sum()
+            totals["dice"] = totals["dice"] + objective.scores(logits, yb).sum()
+            totals["loss"] = totals["loss"] + objective.losses(z, yb).sum()
+            n += len(yb)
+    if n == 0:
+        raise ValueError("split_metrics: no examples")
+    return {k: float(v) / n for k, v in totals.items()}

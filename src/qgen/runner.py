@@ -114,6 +114,7 @@ def evaluate_model_file(
 
     ``data``: the run's prepared data if already loaded and verified (else read from ``data_meta``)."""
     from qgen.measures.gap import generalization_metrics
+    from qgen.metrics import objective_for
     from qgen.models import model_from_payload, precision_record, read_model_file
     from qgen.run_status import COMPLETED, DEGENERATE, DIVERGED, degenerate_reason
 
@@ -123,7 +124,8 @@ def evaluate_model_file(
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
     fit = dict(payload["train"])
     train_seconds, resumed = fit.pop("train_seconds"), fit.pop("resumed_from_epoch")
-    metrics = generalization_metrics(model, data, run_cfg["eval_batch_size"])
+    objective = objective_for(payload["spec"], data.task)  # segmentation: dice and loss too (measures.gap)
+    metrics = generalization_metrics(model, data, run_cfg["eval_batch_size"], objective)
     if fit["status"] == DIVERGED:
         metrics = {k: float("nan") for k in metrics}
     elif fit["status"] == COMPLETED:  # training checked its train CE and accuracy; the test CE is new here

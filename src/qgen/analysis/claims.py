@@ -93,6 +93,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "saq_rho": None,
     "noise_margin": {},
+    "unet_margin": 2.0,
+    "unet_min_pairs": 3,
 }
 
 TARGET, FIXED = "target", "fixed_epochs"

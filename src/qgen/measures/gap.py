@@ -6,6 +6,13 @@ QGen's exact gap definition is not verified (papers.md §1d), so both are report
 The training set is the run's training split (validation examples held out of it excluded); the test
 set is the prepared test split (the official one where the dataset has it). A run with a validation
 split also gets ``val_acc``/``val_ce``/``val_error``.
+
+Segmentation runs (a segmentation dataset, ``train.loss`` dice or bce_dice; qgen.metrics.Objective) add
+``train_dice``/``test_dice`` (per-image dice at ``train.dice_threshold``, mean over images),
+``train_loss``/``test_loss`` (the training loss per image, mean over images) and
+``gap_dice = train dice − test dice``; their ``gap_loss`` is ``test_loss − train_loss`` (the gap in the
+loss the run trained on), while ``*_acc`` are pixel accuracies and ``*_ce`` pixel binary cross-entropies
+(:func:`qgen.metrics.split_metrics`), so the generic tables and claims read meaningful numbers.
 """
 
 from __future__ import annotations
@@ -14,25 +21,40 @@ from torch import nn
 
 from qgen.data.batches import DEFAULT_BATCH, Examples
 from qgen.data.run_data import RunData
-from qgen.metrics import accuracy_and_ce
+from qgen.metrics import Objective, split_metrics
 
 
 def generalization_metrics(
-    model: nn.Module, data: RunData, batch_size: int = DEFAULT_BATCH
+    model: nn.Module, data: RunData, batch_size: int = DEFAULT_BATCH, objective: Objective | None = None
 ) -> dict[str, float]:
-    train_acc, train_ce = accuracy_and_ce(model, Examples(data.train, None, batch_size))
-    test_acc, test_ce = accuracy_and_ce(model, Examples(data.test, None, batch_size))
-    out = {
-        "train_acc": train_acc,
-        "test_acc": test_acc,
-        "train_ce": train_ce,
-        "test_ce": test_ce,
-        "train_error": 1 - train_acc,
-        "test_error": 1 - test_acc,
-        "gap_acc": train_acc - test_acc,
-        "gap_loss": test_ce - train_ce,
+    splits = {"train": data.train, "test": data.test, **({"val": data.val} if data.val is not None else {})}
+    got = {
+        name: split_metrics(model, Examples(split, None, batch_size), objective)
+        for name, split in splits.items()
     }
-    if data.val is not None:
-        val_acc, val_ce = accuracy_and_ce(model, Examples(data.val, None, batch_size))
-        out.update(val_acc=val_acc, val_ce=val_ce, val_error=1 - val_acc)
+    tr, te = got["train"], got["test"]
+    out = {
+        "train_acc": tr["acc"],
+        "test_acc": te["acc"],
+        "train_ce": tr["ce"],
+        "test_ce": te["ce"],
+        "train_error": 1 - tr["acc"],
+        "test_error": 1 - te["acc"],
+        "gap_acc": tr["acc"] - te["acc"],
+        "gap_loss": te["ce"] - tr["ce"],
+    }
+    if "dice" in tr:
+        out.update(
+            train_dice=tr["dice"],
+            test_dice=te["dice"],
+            train_loss=tr["loss"],
+            test_loss=te["loss"],
+            gap_dice=tr["dice"] - te["dice"],
+            gap_loss=te["loss"] - tr["loss"],
+        )
+    if "val" in got:
+        val = got["val"]
+        out.update(val_acc=val["acc"], val_ce=val["ce"], val_error=1 - val["acc"])
+        if "dice" in val:
+            out.update(val_dice=val["dice"], val_loss=val["loss"])
     return out

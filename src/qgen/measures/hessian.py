@@ -17,6 +17,10 @@ of the subset.
   E[L(w+θ)] ≈ L(w) + Σ_l (Δ_l²/24)·tr(H_ll) needs.
 - Top eigenvalue: power iteration v ← Hv/‖Hv‖ with the Rayleigh quotient vᵀHv, until its relative
   change is below ``tolerance``; it converges to the eigenvalue of largest magnitude.
+
+Segmentation models (a segmentation :class:`qgen.metrics.Objective`): L is the run's training loss (dice
+or bce_dice) evaluated per image, Σ_i L_i / n: the per-image form, because the batch-level soft dice
+training minimizes is not a sum over examples and could not be accumulated batch by batch.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights
 from qgen.measures.stats import mean_and_stderr
+from qgen.metrics import Objective
 
 
 def hvp_function(
@@ -51,14 +56,19 @@ def hvp_function(
     return hvp
 
 
-def cross_entropy_hvp(model: DeployedModel, examples: Examples) -> Callable[[Weights], Weights]:
+def cross_entropy_hvp(
+    model: DeployedModel, examples: Examples, objective: Objective | None = None
+) -> Callable[[Weights], Weights]:
     """v ↦ Hv for the mean cross-entropy over ``examples`` at the measured weights, batch by batch
-    (see the module docstring: one batch keeps its graph, more batches rebuild theirs per product)."""
+    (see the module docstring: one batch keeps its graph, more batches rebuild theirs per product); a
+    segmentation ``objective``: the mean per-image training loss instead."""
     weights, n = model.weights(), len(examples)
     if n == 0:
         raise ValueError("cross_entropy_hvp: no examples")
 
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> Callable[[Weights], torch.Tensor]:
+        if objective is not None and objective.segmentation:
+            return lambda w: objective.losses(model(xb, w), yb).sum() / n
         return lambda w: F.cross_entropy(model(xb, w), yb, reduction="sum") / n
 
     if n <= examples.batch_size:

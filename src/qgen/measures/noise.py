@@ -16,6 +16,10 @@ Var(θ) = Δ²/12. For every quantized layer this module measures how well that 
   BinaryConnect a (seeded) Bernoulli draw, whose θ has Var(θ | w) = H² − w², not Δ²/12;
 - activations also report ``zero_fraction`` (post-ReLU zeros are represented exactly, θ = 0).
 
+Models that quantize activations at their own sites (:class:`~qgen.quant.layers.ActivationQuant`, the
+U-Net's BatchNorm outputs; qgen.quant.layers.activation_sites) get one row per site after the layers'
+rows (``site: true``, ``act`` only, depth counted on from the layers'), as the same statistics of θ.
+
 Propagation (QReg): ``relative_perturbation`` of each quantized layer's output between the float
 forward (all quantizers off, latent weights) and the quantized forward, ‖y_q − y_fp‖/‖y_fp‖, by depth.
 
@@ -153,6 +157,9 @@ def layer_noise(model: nn.Module, examples: Examples) -> list[dict[str, Any]]:
         for name, layer in quant_layers(model)
         if isinstance(layer.input_quant, Quantizer)
     ]
+    sites = [(name, site.input_quant) for name, site in activation_sites(model)]
+    sites = [(name, q) for name, q in sites if isinstance(q, Quantizer)]
+    hooks += [q.register_forward_hook(capture(f"site:{name}", q)) for name, q in sites]
     try:
         for xb, _ in examples:
             model(xb)
@@ -171,6 +178,14 @@ def layer_noise(model: nn.Module, examples: Examples) -> list[dict[str, Any]]:
             stats_a = noise_statistics(a, qa, entry["step"], *entry["bounds"])
             row["act"] = {"bits": aq.bits, "zero_fraction": float((a == 0).double().mean()), **stats_a}
         rows.append(row)
+    for name, aq in sites:
+        entry = captured.pop(f"site:{name}", None)
+        if entry is None:  # a site the forward never reached
+            continue
+        a, qa = torch.cat(entry["v"]), torch.cat(entry["q"])
+        stats_a = noise_statistics(a, qa, entry["step"], *entry["bounds"])
+        act = {"bits": aq.bits, "zero_fraction": float((a == 0).double().mean()), **stats_a}
+        rows.append({"layer": name, "depth": len(rows), "site": True, "act": act})
     return rows
 
 

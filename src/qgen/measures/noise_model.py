@@ -12,6 +12,9 @@ The losses and errors are accumulated over the subset's mini-batches
 (:func:`qgen.metrics.accuracy_and_ce` over :class:`~qgen.data.batches.Examples`); the uniform draws
 come from a CPU generator and are moved to the weights' device, the same on CPU and CUDA.
 
+Segmentation models: the loss is the per-image training loss (dice or bce_dice) and the error 1 − dice
+(:func:`qgen.metrics.score_and_loss`), as the Hessian's loss (qgen.measures.hessian).
+
 Only quantized layers carry noise; layers kept in float (first/last-layer policy ``float``) are left
 out of every sum (reconstruction: a float layer has no quantization noise to condition on).
 Per-channel steps enter the prediction through their mean square per layer.
@@ -26,7 +29,7 @@ import torch
 from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights
 from qgen.measures.stats import mean_and_stderr
-from qgen.metrics import accuracy_and_ce
+from qgen.metrics import Objective, score_and_loss
 
 
 @torch.no_grad()
@@ -38,6 +41,7 @@ def noise_model_measures(
     *,
     draws: int = 10,
     seed: int = 0,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
     """Measured (on ``examples``) vs predicted loss increase under quantization-like noise, and the
     bound's KL terms."""
@@ -47,7 +51,7 @@ def noise_model_measures(
     weights = model.weights()
 
     def loss_and_error(at: Weights) -> tuple[float, float]:
-        accuracy, loss = accuracy_and_ce(partial(model, weights=at), examples)
+        accuracy, loss = score_and_loss(partial(model, weights=at), examples, objective)
         return loss, 1 - accuracy
 
     base_loss, base_err = loss_and_error(weights)

@@ -29,6 +29,11 @@ k-th smallest, k = n // 10, over all of them). Values are size-normalized as in 
 | norm.path_norm_over_margin | 43 | path norm / γ² |
 | norm.path_norm | 44 | Σ over input-output paths of Π w² (all parameters squared, forward of ones) |
 
+Segmentation models (a segmentation :class:`qgen.metrics.Objective`; reconstruction, no paper defines
+it): a pixel is a binary classification with logits (0, z), so its margin is the signed logit
+(2t − 1)·z; an image's margin is the 10th-percentile (k = pixels // 10) of its pixels' margins and γ
+the 10th percentile of those over the images (held per image, so memory is one value per image).
+
 The path norm is computed on the float network (activation quantizers off), as it is defined for
 ReLU networks; ``norm.l2`` and ``norm.l2_dist`` (‖w‖₂, ‖w − w₀‖₂, not normalized) are added.
 """
@@ -43,6 +48,7 @@ import torch
 from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights, quantizers_disabled
 from qgen.measures.sharpness import adjust
+from qgen.metrics import Objective
 
 
 def _log(value: float) -> float:
@@ -51,11 +57,20 @@ def _log(value: float) -> float:
 
 
 @torch.no_grad()
-def margin(model: DeployedModel, examples: Examples) -> float:
-    """10th-percentile (k = n // 10) of the output margins on ``examples``, as in the reference code."""
+def margin(model: DeployedModel, examples: Examples, objective: Objective | None = None) -> float:
+    """10th-percentile (k = n // 10) of the output margins on ``examples``, as in the reference code
+    (segmentation: of the images' 10th-percentile pixel margins, module docstring)."""
     margins = []
+    segmentation = objective is not None and objective.segmentation
+    from qgen.train.losses import mask_like
+
     for xb, yb in examples:
         logits = model(xb).double()
+        if segmentation:
+            signed = ((2 * mask_like(logits, yb) - 1) * logits).flatten(1)
+            k = max(signed.shape[1] // 10, 1)
+            margins.append(signed.kthvalue(k, dim=1).values)
+            continue
         rows = torch.arange(len(yb), device=logits.device)
         correct = logits[rows, yb].clone()
         logits[rows, yb] = float("-inf")
@@ -87,6 +102,7 @@ def norm_measures(
     input_shape: tuple[int, ...],
     *,
     m: int,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
     """Eq. 20-44 of the measured weights; the margin on ``examples``, size normalization by ``m``, the
     training-set size."""
@@ -98,7 +114,7 @@ def norm_measures(
     spec = torch.stack([torch.linalg.matrix_norm(t, ord=2) ** 2 for t in mats])
     dist_fro = torch.stack([t.norm() ** 2 for t in dists])
     dist_spec = torch.stack([torch.linalg.matrix_norm(t, ord=2) ** 2 for t in dists])
-    gamma = margin(model, examples)
+    gamma = margin(model, examples, objective)
     log_gamma2 = 2 * math.log(max(gamma, 1e-12))
     log_prod_spec = float(spec.log().sum())
     log_prod_fro = float(fro.log().sum())

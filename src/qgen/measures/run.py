@@ -24,6 +24,14 @@ and ``search.<name>.bound`` ("lower", "upper", "none"), <name> in pacbayes, pacb
 worst_case_mag. ``bn.folded`` / ``bn.unfolded`` count the BatchNorms the measured view folded or kept
 (qgen.measures.folding); measures.json's ``batchnorm`` says which, into which layer, through which ops,
 or why not, and whether they were found from the fx graph (``graph``).
+
+Segmentation runs (qgen.metrics.Objective from the run's ``train.loss``, ``train.dice_threshold`` and the
+dataset's task): the searches' accuracy is the mean per-image dice (σ′: the dice drop under noise reaches
+``pacbayes.target``; α′: 1 − dice rises by ``worst_case.target``), the Hessian, the noise model and the
+norms' margin use the per-image training loss and pixel margins (qgen.measures.sharpness, hessian,
+noise_model, norms); measures.json's ``objective`` records which (segmentation runs only). The U-Net's
+BatchNorms follow a ReLU (conv → ReLU → BN), so none folds: its measures are of the unfolded model, its
+quantized weights on their grid (``bn.folded`` 0, ``batchnorm`` says why).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from qgen.measures import hessian, noise, noise_model, norms, sharpness
 from qgen.measures.cost import CostMeter
 from qgen.measures.deployed import deploy
 from qgen.measures.resident import resident
+from qgen.metrics import objective_for
 from qgen.models import build_model, model_from_payload
 
 
@@ -63,6 +72,7 @@ def measure_run(
         return resident(examples(data.train, size, subset_seed, batch_size))
 
     model = model_from_payload(payload, data.input_shape, data.num_classes, str(device))
+    objective = objective_for(payload["spec"], data.task)
     init_model = build_model(payload["spec"], data.input_shape, data.num_classes).to(device)
     init_model.load_state_dict(payload["init_state"])
     init_model.eval()
@@ -86,6 +96,7 @@ def measure_run(
     pb_args = {k: pb[k] for k in ("lower", "upper", "depth", "draws", "target", "tolerance")}
     pb_args["batched"] = device.type == "cuda" if pb["batched"] == "auto" else bool(pb["batched"])
     pb_args["parameters"] = settings["parameters"]
+    pb_args["objective"] = objective
     sigma = sharpness.pacbayes_sigma(view, train_examples, seed=seed, **pb_args)
     meter.lap("pacbayes", train_examples)
     mag_sigma = sharpness.pacbayes_sigma(
@@ -94,6 +105,7 @@ def measure_run(
     meter.lap("pacbayes_mag", train_examples)
     wc_args = {k: wc[k] for k in ("lower", "upper", "depth", "steps", "target", "tolerance")}
     wc_args["parameters"] = settings["parameters"]
+    wc_args["objective"] = objective
     wc_examples = subset(wc["examples"], seed + 1)
     alpha = sharpness.worst_case_alpha(view, wc_examples, seed=seed, **wc_args)
     meter.lap("worst_case", wc_examples)
@@ -128,7 +140,7 @@ def measure_run(
 
     hs = settings["hessian"]
     hessian_examples = subset(hs["examples"], seed + 2)
-    hvp = hessian.cross_entropy_hvp(view, hessian_examples)
+    hvp = hessian.cross_entropy_hvp(view, hessian_examples, objective)
     trace = hessian.hutchinson_trace(
         hvp,
         weights,
@@ -153,11 +165,19 @@ def measure_run(
     nm = settings["noise_model"]
     out.update(
         noise_model.noise_model_measures(
-            view, hessian_examples, init_weights, trace.per_layer, draws=nm["draws"], seed=seed
+            view,
+            hessian_examples,
+            init_weights,
+            trace.per_layer,
+            draws=nm["draws"],
+            seed=seed,
+            objective=objective,
         )
     )
     meter.lap("noise_model", hessian_examples)
-    out.update(norms.norm_measures(view, init_weights, train_examples, data.input_shape, m=m))
+    out.update(
+        norms.norm_measures(view, init_weights, train_examples, data.input_shape, m=m, objective=objective)
+    )
     meter.lap("norms", train_examples)
     meter.close()
     return {
@@ -173,6 +193,7 @@ def measure_run(
             "hessian.top_eigenvalue": {"converged": eig.converged, "iterations": eig.iterations},
         },
         "batchnorm": view.batchnorm.to_dict(),
+        **({"objective": objective.describe()} if objective.segmentation else {}),
         "equations": norms.EQUATIONS,
         "settings": settings,
         "m": m,

@@ -39,6 +39,12 @@ Data: every search reads its examples as :class:`~qgen.data.batches.Examples`, i
 ``measures.batch_size``; accuracies and errors are integer counts over the subset, so they do not
 depend on the batch size (up to the rare argmax that float rounding of a different batch shape flips).
 
+Segmentation models (``objective``, a :class:`qgen.metrics.Objective` of task segmentation): the
+"accuracy" of every search is the mean per-image **dice** of the binarized prediction, so σ′ is the σ at
+which the mean dice under the noise drops by ``target`` (0.1 = 10 dice points) from the unperturbed
+dice, and α′'s error is 1 − dice; the ascent follows the gradient of the mean per-image training loss
+(dice or bce_dice) instead of the cross-entropy. The same ``target`` and ``tolerance`` settings apply.
+
 Every size-normalized measure uses m = the training-set size (Jiang's m; the reference code's
 ``len(dataloader.dataset)`` on the training set), whatever subset a search evaluates on.
 """
@@ -55,7 +61,7 @@ from torch.func import vmap
 
 from qgen.data.batches import Examples
 from qgen.measures.deployed import DeployedModel, Weights
-from qgen.metrics import accuracy_and_ce
+from qgen.metrics import Objective, score_and_loss
 
 
 @dataclass
@@ -122,13 +128,21 @@ def _bound_hit(search: Search, ends: tuple[float, float], depth: int, geometric:
 
 @torch.no_grad()
 def perturbed_accuracies(
-    model: DeployedModel, examples: Examples, weights: Weights, noise: Weights, batched: bool = True
+    model: DeployedModel,
+    examples: Examples,
+    weights: Weights,
+    noise: Weights,
+    batched: bool = True,
+    objective: Objective | None = None,
 ) -> torch.Tensor:
     """Accuracy on ``examples`` of w + noise[d] for every draw d (noise tensors have a leading draw
-    dimension): correct predictions counted on the device batch by batch, float64 on the CPU."""
+    dimension): correct predictions counted on the device batch by batch, float64 on the CPU. With a
+    segmentation ``objective``: the mean per-image dice instead."""
     if len(examples) == 0:
         raise ValueError("perturbed_accuracies: no examples")
     draws = next(iter(noise.values())).shape[0]
+    if objective is not None and objective.segmentation:
+        return _perturbed_scores(model, examples, weights, noise, batched, objective)
     if batched:
         stacked = {n: weights[n].unsqueeze(0) + noise[n] for n in weights}
         correct: torch.Tensor | int = 0
@@ -148,6 +162,33 @@ def perturbed_accuracies(
     return correct.cpu().double() / len(examples)
 
 
+def _perturbed_scores(
+    model: DeployedModel,
+    examples: Examples,
+    weights: Weights,
+    noise: Weights,
+    batched: bool,
+    objective: Objective,
+) -> torch.Tensor:
+    """Mean score (dice) of ``objective`` on ``examples`` of w + noise[d] for every draw d."""
+    draws = next(iter(noise.values())).shape[0]
+    if batched:
+        stacked = {n: weights[n].unsqueeze(0) + noise[n] for n in weights}
+        total: torch.Tensor | float = 0.0
+        for xb, yb in examples:
+            total = total + vmap(lambda p, xb=xb, yb=yb: objective.scores(model(xb, p), yb).sum())(stacked)
+        assert isinstance(total, torch.Tensor)
+        return total.cpu().double() / len(examples)
+    sums = []
+    for d in range(draws):
+        perturbed = {n: weights[n] + noise[n][d] for n in weights}
+        hit: torch.Tensor | float = 0.0
+        for xb, yb in examples:
+            hit = hit + objective.scores(model(xb, perturbed), yb).sum()
+        sums.append(torch.as_tensor(hit, dtype=torch.float64).cpu())
+    return torch.stack(sums) / len(examples)
+
+
 def pacbayes_sigma(
     model: DeployedModel,
     examples: Examples,
@@ -162,11 +203,13 @@ def pacbayes_sigma(
     tolerance: float = 0.01,
     seed: int = 0,
     batched: bool = True,
+    objective: Objective | None = None,
 ) -> Search:
     """σ′ of the PAC-Bayes flatness measures (plain, or magnitude-aware with ``magnitude_eps``) on
-    ``examples``, perturbing ``parameters`` ("all" or "weights", see the module docstring)."""
+    ``examples``, perturbing ``parameters`` ("all" or "weights", see the module docstring); the
+    accuracy is ``objective``'s score (segmentation: dice)."""
     weights = model.perturbable(parameters)
-    base, _ = accuracy_and_ce(model, examples)
+    base, _ = score_and_loss(model, examples, objective)
     gen = torch.Generator().manual_seed(seed)
     z = {
         n: torch.randn((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device)
@@ -178,21 +221,27 @@ def pacbayes_sigma(
             noise = {n: sigma * z[n] for n in weights}
         else:  # standard deviation √(σ² w² + ε²), not the variance
             noise = {n: torch.sqrt(sigma**2 * weights[n] ** 2 + magnitude_eps**2) * z[n] for n in weights}
-        acc = float(perturbed_accuracies(model, examples, weights, noise, batched).mean())
+        acc = float(perturbed_accuracies(model, examples, weights, noise, batched, objective).mean())
         return abs(acc - base), {"sigma": sigma, "accuracy": acc, "deviation": abs(acc - base)}
 
     return bisect(deviation, lower, upper, depth=depth, target=target, tolerance=tolerance)
 
 
 def error_and_gradient(
-    model: DeployedModel, examples: Examples, weights: Weights, u: Weights | None = None
+    model: DeployedModel,
+    examples: Examples,
+    weights: Weights,
+    u: Weights | None = None,
+    objective: Objective | None = None,
 ) -> tuple[float, Weights | None]:
     """The error over ``examples`` of the network at ``weights`` + ``u`` and, when ``u`` is given, the
     gradient with respect to u of the mean cross-entropy over them, accumulated batch by batch
-    (each batch's Σ CE / n, so one batch's graph at a time)."""
+    (each batch's Σ CE / n, so one batch's graph at a time). A segmentation ``objective``: error
+    1 − mean dice, gradient of the mean per-image training loss."""
     n = len(examples)
     if n == 0:
         raise ValueError("error_and_gradient: no examples")
+    seg = objective is not None and objective.segmentation
     wrong: torch.Tensor | int = 0
     grads: list[torch.Tensor] | None = None
     for xb, yb in examples:
@@ -203,15 +252,33 @@ def error_and_gradient(
             leaves = {k: t.detach().requires_grad_(True) for k, t in u.items()}
             with torch.enable_grad():
                 logits = model(xb, {k: weights[k] + leaves[k] for k in weights})
-                loss = F.cross_entropy(logits, yb, reduction="sum") / n
+                if seg:
+                    assert objective is not None
+                    loss = objective.losses(logits, yb).sum() / n
+                else:
+                    loss = F.cross_entropy(logits, yb, reduction="sum") / n
                 batch_grads = torch.autograd.grad(loss, list(leaves.values()))
             if grads is None:
                 grads = list(batch_grads)
             else:
                 grads = [a + b for a, b in zip(grads, batch_grads, strict=True)]
-        wrong = wrong + (logits.detach().argmax(-1) != yb).sum()
+        if seg:
+            assert objective is not None
+            wrong = wrong + (1 - objective.scores(logits.detach(), yb)).sum()
+        else:
+            wrong = wrong + (logits.detach().argmax(-1) != yb).sum()
     error = float(wrong) / n
     return error, (dict(zip(u, grads, strict=True)) if u is not None and grads is not None else None)
+
+
+def _error(
+    model: DeployedModel, examples: Examples, weights: Weights, u: Weights | None, objective: Objective | None
+) -> tuple[float, Weights | None]:
+    """:func:`error_and_gradient`, passing ``objective`` only when one is set (classification calls keep
+    the four-argument form)."""
+    if objective is None:
+        return error_and_gradient(model, examples, weights, u)
+    return error_and_gradient(model, examples, weights, u, objective)
 
 
 def worst_case_increase(
@@ -224,12 +291,15 @@ def worst_case_increase(
     steps: int = 10,
     seed: int = 0,
     base_error: float | None = None,
+    objective: Objective | None = None,
 ) -> float:
     """max over |u_i| ≤ α (or α|w_i| + ε) of err(w + u) − err(w) on ``examples``, by projected
     sign-gradient ascent on ``parameters`` ("all" or "weights"); ``base_error``: err(w) if known (a
     search passes it once for all its steps)."""
     weights = model.perturbable(parameters)
-    base_err = error_and_gradient(model, examples, weights)[0] if base_error is None else base_error
+    if base_error is None:
+        base_error = _error(model, examples, weights, None, objective)[0]
+    base_err = base_error
     bound = {
         n: (alpha * w.abs() + magnitude_eps) if magnitude_eps is not None else torch.full_like(w, alpha)
         for n, w in weights.items()
@@ -245,10 +315,10 @@ def worst_case_increase(
     worst = 0.0
     for k in range(steps + 1):
         if k == steps:
-            err, _ = error_and_gradient(model, examples, {n: weights[n] + u[n] for n in weights})
+            err, _ = _error(model, examples, {n: weights[n] + u[n] for n in weights}, None, objective)
             worst = max(worst, err - base_err)
             break
-        err, grads = error_and_gradient(model, examples, weights, u)
+        err, grads = _error(model, examples, weights, u, objective)
         worst = max(worst, err - base_err)
         assert grads is not None
         u = {n: torch.clamp(u[n] + step[n] * g.sign(), min=low[n], max=bound[n]) for n, g in grads.items()}
@@ -263,16 +333,18 @@ def average_case_increase(
     parameters: str = "all",
     draws: int = 10,
     seed: int = 0,
+    objective: Objective | None = None,
 ) -> float:
     """Mean over u uniform in the box |u_i| ≤ α (on ``parameters``) of err(w + u) − err(w) on ``examples``."""
     weights = model.perturbable(parameters)
-    base_err, _ = error_and_gradient(model, examples, weights)
+    base_err, _ = _error(model, examples, weights, None, objective)
     gen = torch.Generator().manual_seed(seed)
     noise = {
         n: (torch.rand((draws, *w.shape), generator=gen, dtype=w.dtype).to(w.device) * 2 - 1) * alpha
         for n, w in weights.items()
     }
-    return float((1 - perturbed_accuracies(model, examples, weights, noise)).mean()) - base_err
+    accuracies = perturbed_accuracies(model, examples, weights, noise, objective=objective)
+    return float((1 - accuracies).mean()) - base_err
 
 
 def worst_case_alpha(
@@ -288,6 +360,7 @@ def worst_case_alpha(
     target: float = 0.1,
     tolerance: float = 0.01,
     seed: int = 0,
+    objective: Objective | None = None,
 ) -> Search:
     """α′ of the worst-case sharpness measures (plain, or magnitude-aware with ``magnitude_eps``) on
     ``examples``, perturbing ``parameters`` ("all" or "weights").
@@ -298,7 +371,7 @@ def worst_case_alpha(
     """
     if lower <= 0:
         raise ValueError("the geometric bisection of worst_case_alpha needs lower > 0")
-    base_error, _ = error_and_gradient(model, examples, model.perturbable(parameters))
+    base_error, _ = _error(model, examples, model.perturbable(parameters), None, objective)
 
     def increase(alpha: float) -> tuple[float, dict[str, float]]:
         value = worst_case_increase(
@@ -310,6 +383,7 @@ def worst_case_alpha(
             steps=steps,
             seed=seed,
             base_error=base_error,
+            objective=objective,
         )
         return value, {"alpha": alpha, "increase": value}
 

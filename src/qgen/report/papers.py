@@ -36,7 +36,7 @@ from qgen.report.tables import aggregate_over_seeds, varying_hyperparameters, wr
 from qgen.run_status import COMPLETED, DEGENERATE
 from qgen.runs_table import bits_order, spec_column, spec_columns
 
-PAPER_TABLES = ("binaryconnect", "low_precision", "saq", "noise_injection")
+PAPER_TABLES = ("binaryconnect", "low_precision", "saq", "noise_injection", "unet")
 
 #: BinaryConnect (2015) Table 2, test error in % (papers.md §4)
 BINARYCONNECT_PAPER = {
@@ -73,6 +73,7 @@ DATA_NOTES = {
     "mnist": "MNIST (60,000 training, 10,000 test images): the paper's data",
     "cifar10": "CIFAR-10 (50,000 training, 10,000 test images): the paper's data",
     "svhn": "SVHN: the paper's data",
+    "em_synth": "em_synth, SYNTHETIC EM-like images generated in the pipeline (not the ISBI 2012 data)",
 }
 
 

@@ -6,6 +6,13 @@
   whole training set (eval mode, i.e. the quantized model as deployed, in batches of
   ``runtime.eval_batch_size``) is computed; training stops when it is at or below ``train.target_ce``
   or after ``train.max_epochs``. Which one ended the run is recorded (``stop_reason``).
+- Segmentation runs (a segmentation dataset, ``train.loss`` dice or bce_dice; qgen.metrics.Objective)
+  train for a fixed ``max_epochs`` as the U-Net reference does (``train.target_ce`` must be null: a
+  cross-entropy target has no meaning for a dice loss). Each epoch logs ``train_dice`` and ``train_loss``
+  (per-image dice at ``train.dice_threshold`` and the per-image training loss) beside ``train_acc`` /
+  ``train_ce``, which are the pixel accuracy and pixel BCE (qgen.metrics.split_metrics); the degenerate
+  check compares that pixel accuracy with the majority-pixel rate (a model that paints every pixel one
+  class is at chance). ``best_val`` selects on the validation dice.
 - With a validation split (``data.val_size``) its accuracy and cross-entropy are logged every epoch;
   ``train.select: best_val`` keeps the weights of the epoch with the lowest validation error (the
   earliest on ties) and ends the run with them, as BinaryConnect reports the test error at the best
@@ -42,7 +49,7 @@ from qgen.data.batches import DEFAULT_BATCH, Examples, Split
 from qgen.data.run_data import RunData
 from qgen.experiments import spec_hash
 from qgen.io import atomic_open
-from qgen.metrics import accuracy_and_ce
+from qgen.metrics import objective_for, split_metrics
 from qgen.models import build_model
 from qgen.quant import BinaryQuantizer, constrain_latent_weights, init_quantizers, quant_layers
 from qgen.quant.noise import prepare_compile
@@ -56,6 +63,8 @@ log = logging.getLogger("qgen.train")
 
 LOG_FIELDS = ("epoch", "lr", "loss", "train_ce", "train_acc", "seconds")
 VAL_FIELDS = ("val_ce", "val_acc")
+SEG_FIELDS = ("train_dice", "train_loss")
+SEG_VAL_FIELDS = ("val_dice", "val_loss")
 CALIBRATION_EXAMPLES = 256
 
 
@@ -78,8 +87,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]], validation: bool) -> None:
-    fields = LOG_FIELDS + VAL_FIELDS if validation else LOG_FIELDS
+def _write_log(path: Path, rows: list[dict[str, Any]], validation: bool, segmentation: bool = False) -> None:
+    fields = LOG_FIELDS + (SEG_FIELDS if segmentation else ())
+    fields += (VAL_FIELDS + (SEG_VAL_FIELDS if segmentation else ())) if validation else ()
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -173,6 +183,12 @@ def train_run(
     train, val = data.train, data.val
     if select == "best_val" and val is None:
         raise ValueError("train.select: best_val needs a validation split (data.val_size > 0)")
+    objective = objective_for(spec, data.task)
+    if objective.segmentation and target is not None:
+        raise ValueError(
+            "a segmentation run trains for a fixed number of epochs: set train.target_ce: null "
+            "(a cross-entropy target has no meaning for a dice loss)"
+        )
     n = len(train)
     eval_batch = int(runtime.get("eval_batch_size", DEFAULT_BATCH))
     train_examples = Examples(train, None, eval_batch)
@@ -267,13 +283,14 @@ def train_run(
             status, stop_reason, diverged_epoch = DIVERGED, "diverged", epoch + 1
             row.update(train_acc=float("nan"), train_ce=float("nan"))
         else:
-            row["train_acc"], row["train_ce"] = accuracy_and_ce(model, train_examples)
+            row.update(_epoch_metrics(split_metrics(model, train_examples, objective), "train"))
             if val_examples is not None:
-                row["val_acc"], row["val_ce"] = accuracy_and_ce(model, val_examples)
-                if select == "best_val" and (best is None or 1 - row["val_acc"] < best["val_error"]):
+                row.update(_epoch_metrics(split_metrics(model, val_examples, objective), "val"))
+                val_error = 1 - row["val_dice" if objective.segmentation else "val_acc"]
+                if select == "best_val" and (best is None or val_error < best["val_error"]):
                     best = {
                         "epoch": epoch + 1,
-                        "val_error": 1 - row["val_acc"],
+                        "val_error": val_error,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     }
         elapsed += time.perf_counter() - t0
@@ -283,6 +300,7 @@ def train_run(
         message = (
             f"epoch {epoch + 1}/{max_epochs} lr {lr:.4g} loss {mean_loss:.4f} "
             f"train_ce {train_ce:.4f} train_acc {train_acc:.4f}"
+            + (f" train_dice {row['train_dice']:.4f}" if "train_dice" in row else "")
             + (f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
             + f" ({elapsed:.1f} s)"
         )
@@ -335,9 +353,15 @@ def train_run(
         degenerate_reason=reason,
         selected_epoch=selected if select != "last" else None,
     )
-    _write_log(Path(log_path) if log_path else out_dir / "train_log.csv", rows, val is not None)
+    log_file = Path(log_path) if log_path else out_dir / "train_log.csv"
+    _write_log(log_file, rows, val is not None, objective.segmentation)
     model.train(False)
     return model, init_state, result
+
+
+def _epoch_metrics(metrics: dict[str, float], split: str) -> dict[str, float]:
+    """A log row's ``<split>_acc``/``_ce`` (segmentation: and ``_dice``/``_loss``) from split_metrics."""
+    return {f"{split}_{k}": v for k, v in metrics.items()}
 
 
 def _initialize_ranges(
