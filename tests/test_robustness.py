@@ -235,3 +235,35 @@ def test_the_default_config_evaluates_the_qgen_experiments() -> None:
 
     config = load_config(REPO / "config" / "default.yaml")
     assert robust_experiments(config) == ["default", "default_fixed", "grid"]
+
+
+def test_imagenet_c_folders_are_evaluated_per_cell_with_a_centre_crop_only(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from qgen.data.corrupted import prepare_released_imagenet_c
+    from qgen.measures.robustness import robustness_of_folders
+
+    for corruption in ("fog", "snow"):  # 8x8 JPEGs whose red value tells the class (0, 100, 200)
+        for s in (1, 2):
+            for k, wnid in enumerate(("n01", "n02", "n03")):
+                folder = tmp_path / "inc" / corruption / str(s) / wnid
+                folder.mkdir(parents=True)
+                for i in range(k + 1):
+                    Image.new("RGB", (8, 8), (100 * k, 10 * i, 10 * s)).save(folder / f"img{i}.JPEG")
+    prepare_released_imagenet_c(tmp_path / "inc", tmp_path / "set", ["fog", "snow"], (1, 2))
+    data = load_corrupted(tmp_path / "set")
+
+    class RedIsClass(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            k = (x[:, 0].float().mean(dim=(1, 2)) / 100).round().clamp(0, 2).long()
+            return torch.nn.functional.one_hot(k, 3).float()
+
+    settings = {"corruptions": "all", "severities": [1, 2], "examples": None, "batch_size": 4}
+    body = robustness_of_folders(
+        RedIsClass(), data, lambda x: x, torch.device("cpu"), settings, image_size=8, workers=0
+    )
+    assert set(body["results"]) == {"fog", "snow"} and body["summary"]["acc"] == 1.0
+    limited = robustness_of_folders(
+        RedIsClass(), data, lambda x: x, torch.device("cpu"), {**settings, "examples": 2}, 8, workers=0
+    )
+    assert limited["results"]["fog"]["1"]["acc"] == 1.0  # the first 2 images of the cell

@@ -227,3 +227,44 @@ def test_the_unet_experiment_expands_to_float_and_three_precisions_times_three_s
 def test_an_unknown_loss_on_segmentation_is_refused() -> None:
     with pytest.raises((ConfigError, ValueError)):
         Objective("segmentation", "sq_hinge")
+
+
+UNET_CONFIG = """
+runtime: {device: cpu, checkpoint_every: 5}
+measures:
+  examples: 12
+  pacbayes: {depth: 4, draws: 2}
+  worst_case: {examples: 12, depth: 4, steps: 2}
+  hessian: {examples: 12, max_probes: 10, power_iters: 10}
+  noise: {examples: 12}
+analysis: {bootstrap: 20, claims: {min_pairs: 2, unet_min_pairs: 2}}
+datasets: {em_synth: {n_train: 12, n_test: 6, size: 16, seed: 0}}
+experiments:
+  unet:
+    base:
+      data: {name: em_synth}
+      model: {name: unet, depth: 1, width: 4}
+      quant: {method: float}
+      optim: {name: adam, lr: 0.01, batch_size: 4, schedule: constant}
+      train: {max_epochs: 2, target_ce: null, loss: bce_dice}
+    variants:
+      - {quant: {method: float}}
+      - {quant: {method: qif, weight_format: [0, 4], act_format: [6, 0], variant: em}}
+    seeds: [0, 1]
+    paper_tables: [unet]
+"""
+
+
+@pytest.mark.slow
+def test_the_unet_experiment_runs_through_the_workflow(tmp_path: Path) -> None:
+    from tests.test_workflow import snakemake
+
+    (tmp_path / "tiny.yaml").write_text(UNET_CONFIG)
+    snakemake(tmp_path)
+    for rel in ("results/unet/tables/unet.md", "figures/unet/dice_vs_bits.png", "reports/unet.html"):
+        assert (tmp_path / rel).stat().st_size > 0, rel
+    runs = pd.read_csv(tmp_path / "results/unet/runs.csv")
+    assert len(runs) == 4 and runs["test_dice"].between(0, 1).all()
+    claims = json.loads((tmp_path / "results/unet/claims.json").read_text())
+    names = [c["claim"] for c in claims.get("claims", claims)]
+    assert "w4a6_drop_matches_paper" in names
