@@ -37,7 +37,8 @@ SHARED_RULES = ("prepare_data", "prepare_corrupted", "runs_table")
 PER_RUN_RULES = ("train", "measure", "robustness")
 #: jobs of one experiment, named by it
 EXPERIMENT_RULES = ("collect", "analyse", "report", "notebook", "summary", "binaryconnect_table")
-EXPERIMENT_RULES += ("low_precision_table", "saq_table", "noise_injection_table", "robustness_table")
+EXPERIMENT_RULES += ("low_precision_table", "saq_table", "noise_injection_table")
+EXPERIMENT_RULES += ("robustness_table", "unet_table")
 #: ``run:`` rules: Snakemake benchmarks its own process for them, so their polled CPU is not theirs
 RUN_BLOCK_RULES = ("runs_table",)
 EXPERIMENT_COLUMNS = [
