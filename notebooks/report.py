@@ -173,6 +173,18 @@ for name, figure, reading in (
         "noise_vs_rounding",
         "Noise-trained against rounding-trained at the same step rule (`noise_matches_rounding`, section 6).",
     ),
+    (
+        "robustness",
+        "robustness",
+        "QGen's Table 4: quantized − FP32 accuracy on the corrupted test set per corruption and severity "
+        "(green: the quantized models are more accurate); claim `quantized_more_robust` (section 6).",
+    ),
+    (
+        "unet",
+        "dice_vs_bits",
+        "U-Net fixed point: dice and its drop vs float per precision beside the paper's deltas "
+        "(claim `w4a6_drop_matches_paper`, section 6).",
+    ),
 ):
     if (tables / f"{name}.md").exists():
         shown = True
