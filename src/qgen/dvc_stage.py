@@ -94,45 +94,46 @@ def settle_mtimes(root: Path) -> int:
     return changed
 
 
-def stale_prepared(config: dict, root: Path) -> list[str]:
-    """``meta.json`` of datasets the config uses that were prepared with other parameters."""
-    from qgen.experiments import all_runs, canonical_json, dataset_params
-    from qgen.io import read_json
-
-    stale = []
-    for name in sorted({run.spec["data"]["name"] for run in all_runs(config).values()}):
-        meta = root / "data" / "prepared" / name / "meta.json"
-        if meta.exists():
-            recorded = read_json(meta).get("params")
-            if canonical_json(recorded or {}) != canonical_json(dataset_params(config, name)):
-                stale.append(meta.relative_to(root).as_posix())
-    return stale
-
-
-def prepared_targets(config: dict) -> list[str]:
-    """The meta.json of every prepared dataset and corrupted test set the config's runs use."""
+def _datasets(config: dict) -> tuple[list[str], list[str]]:
+    """(the datasets the config's runs use, those of the runs with the robustness step)."""
     from qgen.experiments import all_runs, robust_run
 
     runs = all_runs(config).values()
     names = sorted({run.spec["data"]["name"] for run in runs})
-    robust = sorted({run.spec["data"]["name"] for run in runs if robust_run(config, run)})
-    return [f"data/prepared/{n}/meta.json" for n in names] + [f"data/corrupted/{n}/meta.json" for n in robust]
+    return names, sorted({run.spec["data"]["name"] for run in runs if robust_run(config, run)})
+
+
+def _stale(root: Path, folder: str, wanted: dict[str, dict]) -> list[str]:
+    """``data/<folder>/<name>/meta.json`` whose recorded ``params`` differ from ``wanted[name]``."""
+    from qgen.experiments import canonical_json
+    from qgen.io import read_json
+
+    stale = []
+    for name, params in wanted.items():
+        meta = root / "data" / folder / name / "meta.json"
+        if meta.exists() and canonical_json(read_json(meta).get("params") or {}) != canonical_json(params):
+            stale.append(meta.relative_to(root).as_posix())
+    return stale
+
+
+def stale_prepared(config: dict, root: Path) -> list[str]:
+    """``meta.json`` of datasets the config uses that were prepared with other parameters."""
+    from qgen.experiments import dataset_params
+
+    return _stale(root, "prepared", {n: dataset_params(config, n) for n in _datasets(config)[0]})
 
 
 def stale_corrupted(config: dict, root: Path) -> list[str]:
     """``meta.json`` of corrupted test sets prepared with other robustness settings than the config's."""
-    from qgen.experiments import all_runs, canonical_json, corrupted_params, robust_run
-    from qgen.io import read_json
+    from qgen.experiments import corrupted_params
 
-    runs = all_runs(config)
-    stale = []
-    for name in sorted({run.spec["data"]["name"] for run in runs.values() if robust_run(config, run)}):
-        meta = root / "data" / "corrupted" / name / "meta.json"
-        if meta.exists():
-            recorded = read_json(meta).get("params")
-            if canonical_json(recorded or {}) != canonical_json(corrupted_params(config, name)):
-                stale.append(meta.relative_to(root).as_posix())
-    return stale
+    return _stale(root, "corrupted", {n: corrupted_params(config, n) for n in _datasets(config)[1]})
+
+
+def prepared_targets(config: dict) -> list[str]:
+    """The meta.json of every prepared dataset and corrupted test set the config's runs use."""
+    names, robust = _datasets(config)
+    return [f"data/prepared/{n}/meta.json" for n in names] + [f"data/corrupted/{n}/meta.json" for n in robust]
 
 
 def pending_shards(config: dict, root: Path) -> tuple[list[str], dict[str, int]]:

@@ -731,6 +731,13 @@ def corrupted_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     return params
 
 
+def robustness_evaluation(settings_json: str) -> dict[str, Any]:
+    """The part of :func:`robustness_json`'s settings that robustness.json depends on (besides the
+    corrupted set and the model): :data:`ROBUSTNESS_EVAL_KEYS`, not the batch size."""
+    settings = json.loads(settings_json)
+    return {k: settings[k] for k in ROBUSTNESS_EVAL_KEYS}
+
+
 def robustness_json(config: dict[str, Any]) -> str:
     """The robustness settings a shard or a per-run job evaluates with (evaluation keys and batch size)."""
     section = config["robustness"]

@@ -73,22 +73,15 @@ def dice_and_loss(
     (qgen.train.losses), evaluated per image so that the value does not depend on how the set is batched;
     training's loss is the batch-level soft dice, and the reference's validation loss is the mean of its
     batch losses (which depends on the batch size)."""
-    from qgen.train.losses import bce_dice, soft_dice_loss
-
-    per_image = {
-        "dice": lambda z, t: soft_dice_loss(z, t, per_image=True),
-        "bce_dice": lambda z, t: bce_dice(z, t, per_image=True),
-    }
-    if loss not in per_image:
-        raise ValueError(f"dice_and_loss: loss must be one of {', '.join(per_image)}, got {loss!r}")
+    objective = Objective("segmentation", loss, threshold, empty)  # checks the loss and the threshold
     total_dice: torch.Tensor | float = 0.0
     total_loss: torch.Tensor | float = 0.0
     n = 0
     with _eval_mode(model):
         for xb, yb in batches:
             logits = model(xb)
-            total_dice = total_dice + dice_score(logits, yb, threshold, empty).sum()
-            total_loss = total_loss + per_image[loss](logits.double(), yb).sum()
+            total_dice = total_dice + objective.scores(logits, yb).sum()
+            total_loss = total_loss + objective.losses(logits.double(), yb).sum()
             n += len(yb)
     if n == 0:
         raise ValueError("dice_and_loss: no examples")

@@ -337,15 +337,6 @@ def measure_files(
     return Built(body["run_id"], "measured", body["status"], seconds)
 
 
-def robustness_settings(settings_json: str) -> dict[str, Any]:
-    """The evaluation part of the config's robustness section (what robustness.json depends on besides the
-    corrupted set and the model): corruptions, severities, examples."""
-    from qgen.experiments import ROBUSTNESS_EVAL_KEYS
-
-    settings = json.loads(settings_json)
-    return {k: settings[k] for k in ROBUSTNESS_EVAL_KEYS}
-
-
 def robustness_model_file(
     model_path: str, data_meta: str, corrupted_meta: str, settings_json: str, run_cfg: dict[str, Any],
     device: Any, data: Any = None,
@@ -353,6 +344,7 @@ def robustness_model_file(
     """The body of robustness.json: the deployed model of ``model_path`` on the corrupted test set prepared
     in ``corrupted_meta``'s folder (qgen.measures.robustness), its input normalized like the test split."""
     from qgen.data.corrupted import load_corrupted
+    from qgen.experiments import robustness_evaluation
     from qgen.io import read_json
     from qgen.measures.robustness import robustness_of
     from qgen.models import model_from_payload, read_model_file
@@ -386,7 +378,7 @@ def robustness_model_file(
     return {
         "run_id": payload["run_id"],
         "status": status,
-        "settings": robustness_settings(settings_json),
+        "settings": robustness_evaluation(settings_json),
         **body,
         "provenance": prov,
     }

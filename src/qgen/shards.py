@@ -178,13 +178,12 @@ def run_states(
 def robustness_key(settings_json: str, corrupted_meta: Path) -> Robustness:
     """The :data:`Robustness` of runs evaluated with ``settings_json`` (qgen.experiments.robustness_json) on
     the corrupted set of ``corrupted_meta``; an unreadable meta.json is an error (prepare the set first)."""
-    from qgen.experiments import ROBUSTNESS_EVAL_KEYS
+    from qgen.experiments import robustness_evaluation
 
     checksum = data_checksum(corrupted_meta)
     if checksum is None:
         raise ValueError(f"{corrupted_meta} is missing or unreadable: prepare the corrupted set first")
-    settings = json.loads(settings_json)
-    return canonical_settings({k: settings[k] for k in ROBUSTNESS_EVAL_KEYS}), checksum
+    return canonical_settings(robustness_evaluation(settings_json)), checksum
 
 
 def read_runs_table(path: Path, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -149,7 +149,7 @@ def shard_data(wildcards):
 
 # The robustness step (issue 18): runs of experiments with `robustness: true` are evaluated on their
 # dataset's corrupted test set in their shard, after training and measuring (settings: a param of the shard).
-ROBUSTNESS_JSON = json.dumps(json.loads(robustness_json(config)), sort_keys=True)
+ROBUSTNESS_JSON = robustness_json(config)
 ROBUST_RUNS = {rid for rid, run in RUNS.items() if robust_run(config, run)}
 
 

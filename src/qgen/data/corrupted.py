@@ -19,7 +19,6 @@ returns the reader. numpy only: no torch import (a torch tensor is accepted as i
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from qgen.data.integrity import (
     DatasetNotFoundError,
     check_manifest,
     check_sizes,
+    combined_checksum,
     read_manifest,
     write_manifest,
 )
@@ -44,14 +44,6 @@ LABELS = "labels.npy"
 META = "meta.json"
 MANIFEST = "manifest.tsv"
 FORMAT_VERSION = 1
-
-
-def _combined_checksum(files: Mapping[str, str]) -> str:
-    """qgen.data.prepared.combined_checksum's formula (that module imports torch)."""
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(f"{name}:{files[name]}\n".encode())
-    return h.hexdigest()
 
 
 def _severities(values: Sequence[int], what: str) -> tuple[int, ...]:
@@ -346,7 +338,7 @@ def generate_set(
         "image_shape": list(images.shape[1:]),
         "source": dict(source or {}),
         "files": files,
-        "checksum": _combined_checksum({k: v["sha256"] for k, v in files.items()}),
+        "checksum": combined_checksum({k: v["sha256"] for k, v in files.items()}),
     }
     write_json(out_dir / META, meta)
     return meta
@@ -377,9 +369,7 @@ def prepare_released(
         "n": data.n,
         "image_shape": list(data.image_shape),
         "files": files,
-        **(
-            {"checksum": _combined_checksum({k: v["sha256"] for k, v in files.items()})} if hash_files else {}
-        ),
+        **({"checksum": combined_checksum({k: v["sha256"] for k, v in files.items()})} if hash_files else {}),
     }
     write_json(Path(out_dir) / META, meta)
     return meta

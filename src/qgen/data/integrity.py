@@ -162,3 +162,11 @@ def check_manifest(root: Path, manifest: Path, workers: int | None = None) -> in
                 "content changed (same size); restore it or re-run prepare_data"
             )
     return len(entries)
+
+
+def combined_checksum(files: dict[str, str]) -> str:
+    """One sha256 over the per-file sha256s (sorted by name): the dataset's identity in provenance."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}:{files[name]}\n".encode())
+    return h.hexdigest()

@@ -21,7 +21,6 @@ with their md5/sha256. A folder set's images are checked by size on every load a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from qgen.data.integrity import (
     DatasetNotFoundError,
     check_manifest,
     check_sizes,
+    combined_checksum,
     write_manifest,
 )
 from qgen.io import read_json, sha256_file, torch_save, write_json
@@ -100,14 +100,6 @@ def _class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
 def _foreground(masks: torch.Tensor) -> float:
     """The fraction of foreground pixels of 0/1 masks (exact integer count, one division)."""
     return int(masks.sum()) / masks.numel() if masks.numel() else 0.0
-
-
-def combined_checksum(files: dict[str, str]) -> str:
-    """One sha256 over the per-file sha256s (sorted by name): the dataset's identity in provenance."""
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(f"{name}:{files[name]}\n".encode())
-    return h.hexdigest()
 
 
 def channel_stats(x: torch.Tensor, scale: float, chunk: int = 4096) -> tuple[list[float], list[float]]:

@@ -108,6 +108,15 @@ def summarize(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, floa
     return out
 
 
+def _timed(model: nn.Module, corrupted: Any, cells: CellBatches, settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`evaluate_cells` over the corruptions and severities ``settings`` selects, with its seconds."""
+    corruptions = selected(settings["corruptions"], corrupted.corruptions, "corruption")
+    severities = selected(settings["severities"], corrupted.severities, "severity")
+    t0 = time.perf_counter()
+    body = evaluate_cells(model, cells, corruptions, severities)
+    return {**body, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def robustness_of(
     model: nn.Module,
     corrupted: CorruptedArrays,
@@ -117,23 +126,13 @@ def robustness_of(
 ) -> dict[str, Any]:
     """robustness.json's ``results``, ``summary`` and ``seconds`` for a set in the released layout,
     with the corruptions and severities ``settings`` selects (qgen.config's robustness section)."""
-    corruptions = selected(settings["corruptions"], corrupted.corruptions, "corruption")
-    severities = selected(settings["severities"], corrupted.severities, "severity")
     batch_size, examples = int(settings["batch_size"]), settings.get("examples")
 
     def cells(corruption: str, severity: int) -> Iterator[Batch]:
-        return array_batches(
-            corrupted.images(corruption, severity),
-            corrupted.labels(severity),
-            preprocess,
-            device,
-            batch_size,
-            examples,
-        )
+        images, labels = corrupted.images(corruption, severity), corrupted.labels(severity)
+        return array_batches(images, labels, preprocess, device, batch_size, examples)
 
-    t0 = time.perf_counter()
-    body = evaluate_cells(model, cells, corruptions, severities)
-    return {**body, "seconds": round(time.perf_counter() - t0, 3)}
+    return _timed(model, corrupted, cells, settings)
 
 
 def robustness_of_folders(
@@ -151,8 +150,6 @@ def robustness_of_folders(
     Dietterich's evaluation: CenterCrop(224), no resize), never resized by the clean set's 256/224 rule."""
     from qgen.data.streamed import FolderSplit
 
-    corruptions = selected(settings["corruptions"], corrupted.corruptions, "corruption")
-    severities = selected(settings["severities"], corrupted.severities, "severity")
     batch_size, examples = int(settings["batch_size"]), settings.get("examples")
 
     def cells(corruption: str, severity: int) -> Iterator[Batch]:
@@ -164,9 +161,7 @@ def robustness_of_folders(
         n = len(files) if examples is None else min(int(examples), len(files))
         return split.batches(batch_size, torch.arange(n))
 
-    t0 = time.perf_counter()
-    body = evaluate_cells(model, cells, corruptions, severities)
-    return {**body, "seconds": round(time.perf_counter() - t0, 3)}
+    return _timed(model, corrupted, cells, settings)
 
 
 def selected(wanted: Any, available: Sequence[Any], what: str) -> list[Any]:
