@@ -16,6 +16,7 @@ rule prepare_data:
     conda:
         "../../environment.yml"
     threads: 1
+    priority: 20  # the shards wait for it (train.smk, rule shard)
     resources:
         **rule_resources("prepare_data"),
     shell:
@@ -43,6 +44,7 @@ rule prepare_corrupted:
     conda:
         "../../environment.yml"
     threads: 1
+    priority: 20  # the shards wait for it (train.smk, rule shard)
     resources:
         **rule_resources("prepare_data"),
     shell:

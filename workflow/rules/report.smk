@@ -11,6 +11,7 @@ rule runs_table:
     benchmark:
         "logs/benchmarks/runs_table.tsv"
     localrule: True
+    priority: 20  # the shards wait for it (train.smk, rule shard)
     run:
         from qgen.io import write_text
 

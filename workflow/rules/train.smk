@@ -27,8 +27,9 @@ rule shard:
     conda:
         "../../environment.yml"
     threads: RUNTIME["threads"] * RUNTIME["parallel_runs"]
-    # Shards first: they hold nearly all of a build's CPU time, and the short report jobs of finished
-    # experiments then fill the cores while the last shards run instead of delaying them (outputs unchanged).
+    # Shards first (after the data, runs table and corrupted sets they wait for, priority 20): they hold nearly
+    # all of a build's CPU time, and the short report jobs of finished experiments then fill the cores while
+    # the last shards run instead of delaying them. Order only: outputs are unchanged.
     priority: 10
     resources:
         **shard_resources(),
